@@ -1,0 +1,101 @@
+"""The one place that reads the environment.
+
+Every setting of SPEC §9 lives here, with the `MODERATION_` prefix; a `.env` file in the working
+directory is read too. Nothing else in the service looks at `os.environ`.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ResponseFormat = Literal["none", "json_object", "json_schema"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MODERATION_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # Storage and broker. Unset means "the embedded default" (see moderation.embedded).
+    database_url: str | None = None
+    broker_url: str | None = None
+    data_dir: Path = Path(".moderation")
+
+    # The vision-language model: any OpenAI-compatible server (vLLM, SGLang, Ollama, DashScope).
+    vlm_base_url: str = "http://127.0.0.1:8000/v1"
+    vlm_api_key: SecretStr = SecretStr("EMPTY")
+    vlm_model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    vlm_timeout_s: float = Field(default=60.0, gt=0)
+    vlm_max_retries: int = Field(default=3, ge=0, le=10)
+    vlm_max_concurrency: int = Field(default=16, ge=1, le=256)
+    vlm_response_format: ResponseFormat = "json_schema"
+    vlm_max_output_tokens: int = Field(default=1024, ge=64)
+    # Qwen2/2.5-VL merge 2x2 patches of 14 px (28 px per token); Qwen3-VL uses 16 px (32).
+    # None means "infer from the model name".
+    vlm_patch_unit: Literal[28, 32] | None = None
+
+    # Media limits.
+    image_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    image_max_pixels: int = Field(default=64_000_000, gt=0)
+    image_token_budget: int = Field(default=1024, ge=16, le=16384)
+    image_max_count: int = Field(default=8, ge=1, le=32)
+    fetch_timeout_s: float = Field(default=10.0, gt=0)
+    fetch_max_redirects: int = Field(default=5, ge=0, le=20)
+    fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Work scheduling. The chain of limits is checked below: a model call always ends before the
+    # task's soft limit, the soft before the hard limit, and the hard limit before the broker
+    # would hand the same message to another worker.
+    task_soft_time_limit_s: float = Field(default=300.0, gt=0)
+    relay_interval_s: float = Field(default=10.0, gt=0)
+    relay_grace_s: float = Field(default=60.0, ge=0)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=1, le=65535)
+    log_level: str = "INFO"
+
+    @field_validator("fetch_allow_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_time_chain(self) -> Settings:
+        if self.vlm_timeout_s >= self.task_soft_time_limit_s:
+            raise ValueError(
+                "MODERATION_VLM_TIMEOUT_S must be below MODERATION_TASK_SOFT_TIME_LIMIT_S"
+            )
+        return self
+
+    @property
+    def task_hard_time_limit_s(self) -> float:
+        return self.task_soft_time_limit_s + 30.0
+
+    @property
+    def broker_visibility_timeout_s(self) -> float:
+        """Redis re-delivers an unacknowledged message after this; it must outlast any task."""
+        return self.task_hard_time_limit_s * 2 + 60.0
+
+    @property
+    def lease_s(self) -> float:
+        """How long a worker owns a submission before the relay may hand it to another."""
+        return self.task_hard_time_limit_s + 30.0
+
+    @property
+    def patch_unit(self) -> int:
+        if self.vlm_patch_unit is not None:
+            return self.vlm_patch_unit
+        return 32 if "qwen3" in self.vlm_model.lower() else 28
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,57 @@
+"""The API application."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client.registry import CollectorRegistry
+
+from moderation.config import Settings, get_settings
+from moderation.core.problems import install_problem_handlers
+from moderation.database import get_sessionmaker, resolve_database_url
+from moderation.ops.router import SubmissionCollector
+from moderation.ops.router import router as ops_router
+from moderation.policies.router import router as policies_router
+from moderation.submissions.router import router as submissions_router
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        factory = get_sessionmaker(resolve_database_url(settings))
+        app.state.settings = settings
+        app.state.sessionmaker = factory
+        registry = CollectorRegistry()
+        registry.register(SubmissionCollector(factory))
+        app.state.metrics_registry = registry
+
+        @functools.cache
+        def vlm_client():  # type: ignore[no-untyped-def]
+            from moderation.vlm.client import VLMClient
+
+            return VLMClient(settings)
+
+        app.state.vlm_client = vlm_client
+        yield
+        if vlm_client.cache_info().currsize:
+            vlm_client().close()
+
+    app = FastAPI(
+        title="Moderation",
+        version="0.1.0",
+        summary="Content moderation with visual context, on your own rubrics and your own model.",
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.include_router(ops_router)
+    app.include_router(submissions_router)
+    app.include_router(policies_router)
+    return app

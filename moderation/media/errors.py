@@ -1,0 +1,24 @@
+"""Why an image could not be turned into model input, named after the review reasons of SPEC §5.
+
+A submission whose image fails here is never judged by the model and never allowed: the worker
+records `reason` as the machine-readable review reason and `str(exc)` as the detail a reviewer
+reads. These are not HTTP errors: the failure happens in a worker, long after the 202.
+"""
+
+from __future__ import annotations
+
+
+class MediaError(Exception):
+    reason: str = "media_failed"
+
+
+class ImageFetchError(MediaError):
+    """The URL was refused (scheme, address, redirects) or the server did not deliver in time."""
+
+    reason = "fetch_failed"
+
+
+class ImageDecodeError(MediaError):
+    """The bytes are not an image we accept, or decoding it would cost more than the caps allow."""
+
+    reason = "decode_failed"

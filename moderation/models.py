@@ -1,0 +1,25 @@
+"""Every table, imported in one place so Alembic sees the whole schema."""
+
+from moderation.core.models import Base
+from moderation.policies.models import Policy, PolicyVersion
+from moderation.submissions.models import (
+    AuditEvent,
+    Decision,
+    Submission,
+    SubmissionImage,
+    Verdict,
+)
+from moderation.tenants.models import ApiKey, Tenant
+
+__all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "Base",
+    "Decision",
+    "Policy",
+    "PolicyVersion",
+    "Submission",
+    "SubmissionImage",
+    "Tenant",
+    "Verdict",
+]

@@ -1,0 +1,106 @@
+"""Liveness, readiness and Prometheus metrics: unauthenticated, for orchestrators."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from moderation.submissions.models import Submission
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _check(name: str, probe: Any) -> dict[str, Any]:
+    started = time.monotonic()
+    try:
+        ok = bool(probe())
+        error = None if ok else "not reachable"
+    except Exception as exc:
+        ok, error = False, f"{type(exc).__name__}: {exc}"
+    result: dict[str, Any] = {
+        "name": name,
+        "ok": ok,
+        "ms": round((time.monotonic() - started) * 1000),
+    }
+    if error:
+        result["error"] = error
+    return result
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    """Ready when the database, the broker and the model endpoint all answer."""
+    factory: sessionmaker[Session] = request.app.state.sessionmaker
+
+    def database() -> bool:
+        with factory() as session:
+            return session.execute(text("SELECT 1")).scalar() == 1
+
+    def broker() -> bool:
+        from workers.celery_app import celery_app
+
+        with celery_app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+        return True
+
+    def model() -> bool:
+        return bool(request.app.state.vlm_client().ping(timeout=2.0))
+
+    checks = [_check("database", database), _check("broker", broker), _check("model", model)]
+    ready = all(check["ok"] for check in checks)
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+class SubmissionCollector(Collector):
+    """Reads work-in-progress from Postgres, the source of truth, at scrape time."""
+
+    def __init__(self, factory: sessionmaker[Session]) -> None:
+        self.factory = factory
+
+    def collect(self) -> Any:
+        by_status = GaugeMetricFamily(
+            "moderation_submissions",
+            "Submissions by status and current action",
+            labels=["status", "action"],
+        )
+        oldest = GaugeMetricFamily(
+            "moderation_queued_oldest_age_seconds", "Age of the oldest queued submission"
+        )
+        with self.factory() as session:
+            rows = session.execute(
+                select(Submission.status, Submission.action, func.count()).group_by(
+                    Submission.status, Submission.action
+                )
+            )
+            for status, action, count in rows:
+                by_status.add_metric([str(status), str(action or "")], float(count))
+            age = session.scalar(
+                select(func.extract("epoch", func.now() - func.min(Submission.queued_at))).where(
+                    Submission.status == "queued"
+                )
+            )
+        oldest.add_metric([], float(age or 0.0))
+        yield by_status
+        yield oldest
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    registry: CollectorRegistry = request.app.state.metrics_registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

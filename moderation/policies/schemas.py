@@ -1,0 +1,124 @@
+"""The rubric document of SPEC §6, as written in `policies/*.yaml` and stored per version."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Self
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+CategoryId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+Severity = Annotated[int, Field(ge=1, le=4)]
+
+DEFAULT_SEVERITY_SCALE: dict[int, str] = {
+    1: "mild: borderline or low-harm content that some audiences may not want to see",
+    2: "moderate: clearly within the category but limited in harm, reach or intent",
+    3: "severe: content this platform does not host",
+    4: "extreme: content that may also be illegal or puts someone in immediate danger",
+}
+
+
+class CategoryExample(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    content: str = Field(min_length=1, description="What the upload shows or says.")
+    severity: Severity | None = Field(
+        default=None, description="The severity a reviewer would give; null means allowed."
+    )
+
+
+class PolicyCategory(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: CategoryId
+    name: str = Field(min_length=1)
+    definition: str = Field(min_length=1)
+    allowed: list[str] = Field(
+        default_factory=list, description="Exceptions: what is not a violation."
+    )
+    examples: list[CategoryExample] = Field(default_factory=list)
+    block_at: Severity = 3
+    restrict_at: Severity | None = None
+
+    @model_validator(mode="after")
+    def _restrict_below_block(self) -> Self:
+        if self.restrict_at is not None and self.restrict_at >= self.block_at:
+            raise ValueError(f"category {self.id}: restrict_at must be below block_at")
+        return self
+
+
+class PolicyDocument(BaseModel):
+    """One immutable version of a policy rubric."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    slug: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")]
+    version: int = Field(ge=1)
+    title: str = Field(min_length=1)
+    instructions: str = Field(min_length=1)
+    min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
+    severity_scale: dict[Severity, str] = Field(
+        default_factory=lambda: dict(DEFAULT_SEVERITY_SCALE)
+    )
+    categories: list[PolicyCategory] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_categories(self) -> Self:
+        ids = [category.id for category in self.categories]
+        if len(ids) != len(set(ids)):
+            raise ValueError("category ids must be unique")
+        return self
+
+    @property
+    def category_ids(self) -> frozenset[str]:
+        return frozenset(category.id for category in self.categories)
+
+    def category(self, category_id: str) -> PolicyCategory:
+        for category in self.categories:
+            if category.id == category_id:
+                return category
+        raise KeyError(category_id)
+
+
+class PolicyVersionRead(BaseModel):
+    id: UUID
+    slug: str
+    version: int
+    active: bool
+    content_sha256: str
+    created_at: datetime
+    document: PolicyDocument
+
+
+class PolicyRead(BaseModel):
+    slug: str
+    title: str
+    active_version: int | None
+    activated_at: datetime | None
+    created_at: datetime
+
+
+class PolicyVersionSummary(BaseModel):
+    version: int
+    active: bool
+    content_sha256: str
+    created_at: datetime
+
+
+class PolicyWithVersions(PolicyRead):
+    versions: list[PolicyVersionSummary]
+
+
+class PolicyDraft(BaseModel):
+    """A new version's rubric; slug and version number come from the URL and the server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1)
+    instructions: str = Field(min_length=1)
+    min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
+    severity_scale: dict[Severity, str] = Field(
+        default_factory=lambda: dict(DEFAULT_SEVERITY_SCALE)
+    )
+    categories: list[PolicyCategory] = Field(min_length=1)

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from moderation.core.models import Base, CreatedAt, UUIDKey
+
+
+def _str_enum(enum: type[StrEnum], length: int = 32) -> Enum:
+    return Enum(
+        enum, native_enum=False, length=length, values_callable=lambda e: [m.value for m in e]
+    )
+
+
+class SubmissionStatus(StrEnum):
+    queued = "queued"
+    processing = "processing"
+    decided = "decided"
+    in_review = "in_review"
+
+
+class Action(StrEnum):
+    allow = "allow"
+    restrict = "restrict"
+    block = "block"
+    review = "review"
+
+
+class DecisionSource(StrEnum):
+    model = "model"
+    reviewer = "reviewer"
+    hash_match = "hash_match"
+    cache = "cache"
+    # The pipeline could not judge (fetch, decode, worker lost): no model verdict stands behind it.
+    system = "system"
+
+
+class Submission(UUIDKey, CreatedAt, Base):
+    __tablename__ = "submissions"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "external_id"),
+        Index("ix_submissions_tenant_created", "tenant_id", "created_at", "id"),
+        # The relay's sweep: work that is queued or whose lease ran out.
+        Index("ix_submissions_status_queued_at", "status", "queued_at"),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"))
+    external_id: Mapped[str] = mapped_column(String(256))
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str | None] = mapped_column(Text)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    callback_url: Mapped[str | None] = mapped_column(String(2048))
+    policy_version_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("policy_versions.id"))
+
+    status: Mapped[SubmissionStatus] = mapped_column(_str_enum(SubmissionStatus))
+    # The current action, copied from the latest decision so lists can filter on it.
+    action: Mapped[Action | None] = mapped_column(_str_enum(Action))
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    lease_token: Mapped[uuid.UUID | None]
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class SubmissionImage(UUIDKey, CreatedAt, Base):
+    __tablename__ = "submission_images"
+    __table_args__ = (UniqueConstraint("submission_id", "position"),)
+
+    submission_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("submissions.id", ondelete="CASCADE")
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    source_url: Mapped[str | None] = mapped_column(String(4096))
+    # Bytes sent inline (base64 or multipart): kept so the work survives a worker crash.
+    source_data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    source_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Filled by the worker after normalization.
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    mime: Mapped[str | None] = mapped_column(String(64))
+    source_mime: Mapped[str | None] = mapped_column(String(64))
+    tokens: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Verdict(UUIDKey, CreatedAt, Base):
+    """One model call and what came back, kept whole so any decision can be explained."""
+
+    __tablename__ = "verdicts"
+
+    submission_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("submissions.id", ondelete="CASCADE"), index=True
+    )
+    policy_version_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("policy_versions.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    sequence: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(256))
+    prompt_sha256: Mapped[str] = mapped_column(String(64))
+    raw_output: Mapped[str | None] = mapped_column(Text)
+    parsed: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+
+
+class Decision(UUIDKey, CreatedAt, Base):
+    """Append-only: the newest row of a submission is its current decision."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (Index("ix_decisions_submission_created", "submission_id", "created_at"),)
+
+    submission_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("submissions.id", ondelete="CASCADE")
+    )
+    action: Mapped[Action] = mapped_column(_str_enum(Action))
+    source: Mapped[DecisionSource] = mapped_column(_str_enum(DecisionSource))
+    reason: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    categories: Mapped[list[Any]] = mapped_column(default=list)
+    actor: Mapped[str | None] = mapped_column(String(256))
+
+
+class AuditEvent(CreatedAt, Base):
+    """Append-only history of a submission (a database trigger refuses updates and deletes)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_submission", "submission_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"))
+    submission_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("submissions.id", ondelete="CASCADE")
+    )
+    event: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(256))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)

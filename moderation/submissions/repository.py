@@ -1,0 +1,215 @@
+"""All SQL for submissions and their history."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from moderation.submissions.models import (
+    Action,
+    AuditEvent,
+    Decision,
+    Submission,
+    SubmissionImage,
+    SubmissionStatus,
+    Verdict,
+)
+
+
+def insert_submission(session: Session, values: dict[str, Any]) -> uuid.UUID | None:
+    """Insert unless (tenant, external_id) exists; None means it already did.
+
+    ON CONFLICT makes two concurrent identical webhooks safe without a retry loop.
+    """
+    statement = (
+        insert(Submission)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["tenant_id", "external_id"])
+        .returning(Submission.id)
+    )
+    return session.execute(statement).scalar_one_or_none()
+
+
+def find_by_external_id(
+    session: Session, tenant_id: uuid.UUID, external_id: str
+) -> Submission | None:
+    return session.scalars(
+        select(Submission).where(
+            Submission.tenant_id == tenant_id, Submission.external_id == external_id
+        )
+    ).one_or_none()
+
+
+def get_for_tenant(
+    session: Session, tenant_id: uuid.UUID, submission_id: uuid.UUID
+) -> Submission | None:
+    return session.scalars(
+        select(Submission).where(Submission.id == submission_id, Submission.tenant_id == tenant_id)
+    ).one_or_none()
+
+
+def get(session: Session, submission_id: uuid.UUID) -> Submission | None:
+    return session.get(Submission, submission_id)
+
+
+def add_all(session: Session, rows: Sequence[object]) -> None:
+    session.add_all(rows)
+    session.flush()
+
+
+def list_for_tenant(
+    session: Session,
+    tenant_id: uuid.UUID,
+    *,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+    external_id: str | None,
+    status: SubmissionStatus | None,
+    action: Action | None,
+    since: datetime | None,
+) -> list[Submission]:
+    query = select(Submission).where(Submission.tenant_id == tenant_id)
+    if external_id is not None:
+        query = query.where(Submission.external_id == external_id)
+    if status is not None:
+        query = query.where(Submission.status == status)
+    if action is not None:
+        query = query.where(Submission.action == action)
+    if since is not None:
+        query = query.where(Submission.created_at >= since)
+    if after is not None:
+        created_at, row_id = after
+        query = query.where(
+            or_(
+                Submission.created_at < created_at,
+                and_(Submission.created_at == created_at, Submission.id < row_id),
+            )
+        )
+    query = query.order_by(Submission.created_at.desc(), Submission.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def images_of(session: Session, submission_id: uuid.UUID) -> list[SubmissionImage]:
+    return list(
+        session.scalars(
+            select(SubmissionImage)
+            .where(SubmissionImage.submission_id == submission_id)
+            .order_by(SubmissionImage.position)
+        )
+    )
+
+
+def image_at(session: Session, submission_id: uuid.UUID, position: int) -> SubmissionImage | None:
+    return session.scalars(
+        select(SubmissionImage).where(
+            SubmissionImage.submission_id == submission_id, SubmissionImage.position == position
+        )
+    ).one_or_none()
+
+
+def verdicts_of(session: Session, submission_id: uuid.UUID) -> list[Verdict]:
+    return list(
+        session.scalars(
+            select(Verdict)
+            .where(Verdict.submission_id == submission_id)
+            .order_by(Verdict.attempt, Verdict.sequence)
+        )
+    )
+
+
+def decisions_of(session: Session, submission_id: uuid.UUID) -> list[Decision]:
+    return list(
+        session.scalars(
+            select(Decision)
+            .where(Decision.submission_id == submission_id)
+            .order_by(Decision.created_at, Decision.id)
+        )
+    )
+
+
+def audit_of(session: Session, submission_id: uuid.UUID) -> list[AuditEvent]:
+    return list(
+        session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.submission_id == submission_id)
+            .order_by(AuditEvent.id)
+        )
+    )
+
+
+def claim(session: Session, submission_id: uuid.UUID, lease: timedelta) -> Submission | None:
+    """Take the work if nobody holds a live lease on it; a second delivery gets None."""
+    now = func.now()
+    statement = (
+        update(Submission)
+        .where(
+            Submission.id == submission_id,
+            or_(
+                Submission.status == SubmissionStatus.queued,
+                and_(
+                    Submission.status == SubmissionStatus.processing,
+                    Submission.lease_expires_at < now,
+                ),
+            ),
+        )
+        .values(
+            status=SubmissionStatus.processing,
+            lease_token=uuid.uuid4(),
+            lease_expires_at=now + lease,
+            attempts=Submission.attempts + 1,
+        )
+        .returning(Submission)
+        .execution_options(synchronize_session=False)
+    )
+    return session.scalars(statement).one_or_none()
+
+
+def lock_if_leased(
+    session: Session, submission_id: uuid.UUID, lease_token: uuid.UUID
+) -> Submission | None:
+    """Re-read a submission for the final write, only if this worker still owns it."""
+    return session.scalars(
+        select(Submission)
+        .where(
+            Submission.id == submission_id,
+            Submission.lease_token == lease_token,
+            Submission.status == SubmissionStatus.processing,
+        )
+        .with_for_update()
+    ).one_or_none()
+
+
+def stalled(session: Session, *, grace: timedelta, limit: int) -> list[Submission]:
+    """Queued too long (a lost message) or processing past its lease (a lost worker)."""
+    now = func.now()
+    return list(
+        session.scalars(
+            select(Submission)
+            .where(
+                or_(
+                    and_(
+                        Submission.status == SubmissionStatus.queued,
+                        Submission.queued_at < now - grace,
+                    ),
+                    and_(
+                        Submission.status == SubmissionStatus.processing,
+                        Submission.lease_expires_at < now,
+                    ),
+                )
+            )
+            .order_by(Submission.queued_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+
+
+def try_relay_lock(session: Session) -> bool:
+    """Only one relay sweeps at a time, however many workers run one."""
+    return bool(session.scalar(select(func.pg_try_advisory_xact_lock(0x6D6F6465))))

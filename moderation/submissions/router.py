@@ -1,0 +1,190 @@
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from moderation.config import Settings
+from moderation.core.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from moderation.core.pagination import Page
+from moderation.database import DbSession
+from moderation.submissions import service
+from moderation.submissions.models import Action, SubmissionStatus
+from moderation.submissions.schemas import (
+    SubmissionAccepted,
+    SubmissionCreate,
+    SubmissionRead,
+    SubmissionSummary,
+)
+from moderation.tenants.dependencies import Ingest, IngestOrReviewer, Reviewer
+
+router = APIRouter(prefix="/v1/submissions", tags=["submissions"])
+
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["external_id"],
+    "properties": {
+        "external_id": {"type": "string"},
+        "text": {"type": "string"},
+        "policy": {"type": "string"},
+        "callback_url": {"type": "string"},
+        "metadata": {"type": "string", "description": "a JSON object, as a string"},
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+def _validation_problem(exc: ValidationError, where: str) -> ValidationFailed:
+    errors = [
+        {"loc": [where, *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+    return ValidationFailed("the submission is not valid", errors=errors)
+
+
+async def _read_json(request: Request, settings: Settings) -> service.NewSubmission:
+    limit = settings.image_max_count * (settings.image_max_bytes * 4 // 3 + 1024) + 1_000_000
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    try:
+        parsed = SubmissionCreate.model_validate_json(bytes(body))
+    except ValidationError as exc:
+        raise _validation_problem(exc, "body") from exc
+    return service.new_submission_from_json(parsed, settings)
+
+
+async def _read_multipart(request: Request, settings: Settings) -> service.NewSubmission:
+    form = await request.form(
+        max_files=settings.image_max_count, max_fields=16, max_part_size=1024 * 1024
+    )
+    fields: dict[str, Any] = {}
+    for name in ("external_id", "text", "policy", "callback_url", "metadata"):
+        value = form.get(name)
+        if isinstance(value, str):
+            fields[name] = value
+    if "metadata" in fields:
+        try:
+            fields["metadata"] = json.loads(fields["metadata"])
+        except json.JSONDecodeError as exc:
+            raise ValidationFailed(
+                "metadata must be a JSON object",
+                errors=[{"loc": ["body", "metadata"], "msg": str(exc), "type": "json_invalid"}],
+            ) from exc
+    uploads = [item for item in form.getlist("images") if isinstance(item, UploadFile)]
+    images: list[bytes] = []
+    for position, upload in enumerate(uploads):
+        raw = await upload.read(settings.image_max_bytes + 1)
+        service.check_image_size(raw, position, settings)
+        images.append(raw)
+    try:
+        # Validate the text fields with the JSON schema; images are already bytes here.
+        parsed = SubmissionCreate.model_validate(
+            {**fields, "images": [{"data": "AA=="} for _ in images]}
+        )
+    except ValidationError as exc:
+        raise _validation_problem(exc, "body") from exc
+    return service.NewSubmission(
+        external_id=parsed.external_id,
+        text=parsed.text,
+        images=[service.ImageSource(data=raw) for raw in images],
+        metadata=parsed.metadata,
+        policy=parsed.policy,
+        callback_url=str(parsed.callback_url) if parsed.callback_url else None,
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SubmissionAccepted,
+    responses={200: {"model": SubmissionAccepted, "description": "already submitted"}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/SubmissionCreate"},
+                    "example": SubmissionCreate.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
+                },
+                "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+            },
+        }
+    },
+)
+async def create_submission(
+    request: Request, response: Response, session: DbSession, principal: Ingest
+) -> SubmissionAccepted:
+    """Accept an upload for moderation; the decision follows by callback or polling."""
+    settings: Settings = request.app.state.settings
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        new = await _read_json(request, settings)
+    elif content_type == "multipart/form-data":
+        new = await _read_multipart(request, settings)
+    else:
+        raise UnsupportedMediaType("send application/json or multipart/form-data")
+    submission, created = await _run_sync(
+        service.create_submission, session, principal, new, settings
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    response.headers["Location"] = f"/v1/submissions/{submission.id}"
+    return SubmissionAccepted(
+        id=submission.id, external_id=submission.external_id, status=submission.status
+    )
+
+
+async def _run_sync(func: Any, *args: Any) -> Any:
+    """Keep blocking database work off the event loop."""
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(func, *args)
+
+
+@router.get("", response_model=Page[SubmissionSummary])
+def list_submissions(
+    session: DbSession,
+    principal: IngestOrReviewer,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+    external_id: str | None = None,
+    status: SubmissionStatus | None = None,
+    action: Action | None = None,
+    since: datetime | None = None,
+) -> Page[SubmissionSummary]:
+    return service.list_submissions(
+        session,
+        principal,
+        limit=limit,
+        cursor=cursor,
+        external_id=external_id,
+        status=status,
+        action=action,
+        since=since,
+    )
+
+
+@router.get("/{submission_id}", response_model=SubmissionRead)
+def get_submission(
+    submission_id: uuid.UUID, session: DbSession, principal: IngestOrReviewer
+) -> SubmissionRead:
+    return service.read_submission(session, principal, submission_id)
+
+
+@router.get("/{submission_id}/images/{position}", response_class=Response)
+def get_submission_image(
+    submission_id: uuid.UUID, position: int, session: DbSession, principal: Reviewer
+) -> Response:
+    data, mime = service.normalized_image(session, principal, submission_id, position)
+    return Response(content=data, media_type=mime, headers={"Cache-Control": "private"})

@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+
+from moderation.submissions.models import Action, DecisionSource, SubmissionStatus
+
+
+class ImageInput(BaseModel):
+    """An image by URL (fetched by the worker) or inline as base64 (optionally a data: URL)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: AnyHttpUrl | None = Field(default=None, max_length=4096)
+    data: str | None = Field(default=None, description="base64, or a data:image/...;base64, URL")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ImageInput:
+        if (self.url is None) == (self.data is None):
+            raise ValueError("give exactly one of url or data")
+        return self
+
+
+class SubmissionCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "external_id": "upload-8f14e45f",
+                    "text": "Sunset at the lake with friends",
+                    "images": [{"url": "https://media.example.com/u/8f14e45f.jpg"}],
+                    "metadata": {"user_id": "u-123", "surface": "profile"},
+                }
+            ]
+        },
+    )
+
+    external_id: str = Field(min_length=1, max_length=256)
+    text: str | None = Field(default=None, max_length=20_000)
+    images: list[ImageInput] = Field(default_factory=list, max_length=32)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    policy: str | None = Field(
+        default=None, max_length=64, description="policy slug; default 'default'"
+    )
+    callback_url: AnyHttpUrl | None = Field(default=None, max_length=2048)
+
+    @model_validator(mode="after")
+    def _has_content(self) -> SubmissionCreate:
+        if not self.images and not (self.text and self.text.strip()):
+            raise ValueError("a submission needs at least one image or non-empty text")
+        return self
+
+
+class SubmissionAccepted(BaseModel):
+    id: uuid.UUID
+    external_id: str
+    status: SubmissionStatus
+
+
+class CategoryRead(BaseModel):
+    category: str
+    severity: int
+    confidence: float | None = None
+
+
+class DecisionRead(BaseModel):
+    action: Action
+    source: DecisionSource
+    reason: str | None
+    detail: str | None
+    categories: list[CategoryRead]
+    actor: str | None
+    decided_at: datetime
+
+
+class ViolationRead(BaseModel):
+    category: str
+    severity: int
+    confidence: float
+    source: Literal["image", "text", "both"]
+    image: int | None = None
+    rationale: str
+
+
+class VerdictRead(BaseModel):
+    """One model call: the §4 verdict when it parsed, and its full provenance either way."""
+
+    rating: Literal["safe", "unsafe"] | None
+    confidence: float | None
+    violations: list[ViolationRead]
+    rationale: str | None
+    model: str
+    policy: str
+    policy_version: int
+    prompt_sha256: str
+    attempt: int
+    sequence: int
+    latency_ms: int
+    input_tokens: int | None
+    output_tokens: int | None
+    finish_reason: str | None
+    error: str | None
+    raw_output: str | None
+    created_at: datetime
+
+
+class ImageRead(BaseModel):
+    position: int
+    source_url: str | None
+    sha256: str | None
+    width: int | None
+    height: int | None
+    mime: str | None
+    source_mime: str | None
+    tokens: int | None
+    error: str | None
+
+
+class PolicyRef(BaseModel):
+    slug: str
+    version: int
+
+
+class SubmissionRead(BaseModel):
+    id: uuid.UUID
+    external_id: str
+    status: SubmissionStatus
+    text: str | None
+    metadata: dict[str, Any]
+    callback_url: str | None
+    policy: PolicyRef
+    decision: DecisionRead | None
+    decisions: list[DecisionRead]
+    verdicts: list[VerdictRead]
+    images: list[ImageRead]
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class SubmissionSummary(BaseModel):
+    id: uuid.UUID
+    external_id: str
+    status: SubmissionStatus
+    action: Action | None
+    created_at: datetime
+    updated_at: datetime

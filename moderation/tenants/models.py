@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import DateTime, Enum, ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from moderation.core.models import Base, CreatedAt, UUIDKey
+
+
+class Role(StrEnum):
+    ingest = "ingest"
+    reviewer = "reviewer"
+    admin = "admin"
+
+
+class Tenant(UUIDKey, CreatedAt, Base):
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(String(200))
+    callback_url: Mapped[str | None] = mapped_column(String(2048))
+    # Signs outbound callbacks (Standard Webhooks); kept in clear because HMAC needs it.
+    webhook_secret: Mapped[str] = mapped_column(String(200))
+    # When set, inbound submissions must carry a valid Standard Webhooks signature.
+    inbound_secret: Mapped[str | None] = mapped_column(String(200))
+
+
+class ApiKey(UUIDKey, CreatedAt, Base):
+    __tablename__ = "api_keys"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    role: Mapped[Role] = mapped_column(
+        Enum(Role, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e])
+    )
+    # Only a hash is stored: the key is shown once, at creation.
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

