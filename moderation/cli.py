@@ -198,9 +198,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
 
     cmd_migrate(argparse.Namespace(json=False), settings)
     credentials = _local_credentials(settings)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "moderation", "worker"], env=os.environ.copy()
-    )
+    worker = subprocess.Popen([sys.executable, "-m", "moderation", "worker"], env=os.environ.copy())
     host, port = args.host or settings.api_host, args.port or settings.api_port
     base = f"http://{host}:{port}"
     embedded = "embedded PostgreSQL" if "host=/" in database_url else "PostgreSQL"

@@ -24,14 +24,13 @@ def resolve_broker_url(settings: Settings) -> str:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     broker_url = resolve_broker_url(settings)
-    transport_options: dict[str, Any] = {
+    transport_options: dict[str, Any] = {}
+    if broker_url.startswith(("redis://", "rediss://")):
         # Redis hands an unacknowledged message to another worker after this long; it must
         # outlast the hard time limit or a slow task would run twice at once.
-        "visibility_timeout": int(settings.broker_visibility_timeout_s),
-    }
-    if broker_url.startswith("sqla+"):
-        # The embedded broker polls its table; half a second keeps latency low on one machine.
-        transport_options["polling_interval"] = 0.5
+        transport_options["visibility_timeout"] = int(settings.broker_visibility_timeout_s)
+    # kombu's SQL transport (the embedded broker) passes its options to create_engine and has
+    # no visibility timeout: a message whose consumer died is gone, and the relay re-sends it.
     return {
         "broker_url": broker_url,
         "broker_transport_options": transport_options,

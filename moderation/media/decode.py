@@ -89,9 +89,12 @@ def normalize_image(
             # JPEG can decode at 1/2, 1/4 or 1/8 scale almost for free; Pillow picks the
             # smallest scale still at least the target size. Other formats ignore this.
             opened.draft("RGB", (target_width, target_height))
+            opened.load()
+            # Read after load: TIFF applies its orientation while loading (its header size is
+            # already the displayed one) and drops the tag, so only a tag left now still turns
+            # the picture. smart_resize is symmetric, so the turned target is the swapped one.
             if _exif_orientation(opened) in _SIDE_SWAPPING_ORIENTATIONS:
                 target_height, target_width = target_width, target_height
-            opened.load()
             ImageOps.exif_transpose(opened, in_place=True)
             encoded = _encode_jpeg(_flatten_to_rgb(opened), (target_width, target_height))
     except ImageDecodeError:

@@ -16,6 +16,7 @@ from moderation.database import DbSession
 from moderation.submissions import service
 from moderation.submissions.models import Action, SubmissionStatus
 from moderation.submissions.schemas import (
+    AuditEventRead,
     SubmissionAccepted,
     SubmissionCreate,
     SubmissionRead,
@@ -188,3 +189,11 @@ def get_submission_image(
 ) -> Response:
     data, mime = service.normalized_image(session, principal, submission_id, position)
     return Response(content=data, media_type=mime, headers={"Cache-Control": "private"})
+
+
+@router.get("/{submission_id}/audit", response_model=list[AuditEventRead])
+def get_submission_audit(
+    submission_id: uuid.UUID, session: DbSession, principal: Reviewer
+) -> list[AuditEventRead]:
+    """The append-only history: received, queued, model verdicts, decisions, requeues."""
+    return service.audit_trail(session, principal, submission_id)

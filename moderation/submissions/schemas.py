@@ -149,3 +149,11 @@ class SubmissionSummary(BaseModel):
     action: Action | None
     created_at: datetime
     updated_at: datetime
+
+
+class AuditEventRead(BaseModel):
+    id: int
+    event: str
+    actor: str
+    data: dict[str, Any]
+    created_at: datetime

@@ -30,6 +30,7 @@ from moderation.submissions.models import (
     Verdict,
 )
 from moderation.submissions.schemas import (
+    AuditEventRead,
     DecisionRead,
     ImageRead,
     PolicyRef,
@@ -333,3 +334,13 @@ def normalized_image(
     if image.data is None or image.mime is None:
         raise NotFound(f"image {position} has not been normalized (yet): {image.error or 'queued'}")
     return image.data, image.mime
+
+
+def audit_trail(
+    session: Session, principal: Principal, submission_id: uuid.UUID
+) -> list[AuditEventRead]:
+    get_submission(session, principal, submission_id)
+    return [
+        AuditEventRead.model_validate(event, from_attributes=True)
+        for event in repository.audit_of(session, submission_id)
+    ]

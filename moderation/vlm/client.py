@@ -202,16 +202,15 @@ class VLMClient:
         calls: list[ModelCall],
     ) -> ModelVerdict:
         latency_ms = _elapsed_ms(started)
-        usage = completion.usage
-        input_tokens = usage.prompt_tokens if usage is not None else None
-        output_tokens = usage.completion_tokens if usage is not None else None
-        if not completion.choices:
-            failure = "the response had no choices"
+        reply = _ReplyFields.read(completion)
+        if reply is None:
+            failure = "the response is not a chat completion (no choices)"
             calls.append(self._failed_call(digest, failure, started))
             raise ModelUnavailable(failure)
-        choice = completion.choices[0]
-        raw_output = choice.message.content
-        finish_reason = choice.finish_reason
+        raw_output = reply.content
+        finish_reason = reply.finish_reason
+        input_tokens = reply.input_tokens
+        output_tokens = reply.output_tokens
 
         def record(parsed: dict[str, Any] | None, error: str | None) -> None:
             calls.append(
@@ -308,6 +307,36 @@ class _VerdictRequest:
             categories=self.categories,
             category_order=self.category_order,
             deadline=self.deadline,
+        )
+
+
+@dataclass(frozen=True)
+class _ReplyFields:
+    content: str | None
+    finish_reason: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+
+    @classmethod
+    def read(cls, completion: object) -> _ReplyFields | None:
+        """The fields we use, or None when the body is no chat completion at all.
+
+        The SDK builds responses without validating them (strict validation would also reject
+        servers' own finish reasons), so any field may be missing or of another type here.
+        """
+        choices = getattr(completion, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            return None
+        content = getattr(getattr(choices[0], "message", None), "content", None)
+        finish_reason = getattr(choices[0], "finish_reason", None)
+        usage = getattr(completion, "usage", None)
+        input_tokens = getattr(usage, "prompt_tokens", None)
+        output_tokens = getattr(usage, "completion_tokens", None)
+        return cls(
+            content=content if isinstance(content, str) else None,
+            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+            input_tokens=input_tokens if isinstance(input_tokens, int) else None,
+            output_tokens=output_tokens if isinstance(output_tokens, int) else None,
         )
 
 

@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import signal
 import sys
 import threading
 import time
@@ -235,7 +236,7 @@ class FakeVLMServer:
     ) -> None:
         if mix is not None:
             unknown = set(mix) - set(MIX_REPLIES)
-            if unknown or not mix or any(share < 0 for share in mix.values()):
+            if unknown or any(share < 0 for share in mix.values()) or sum(mix.values()) <= 0:
                 raise ValueError(f"mix takes non-negative shares of {sorted(MIX_REPLIES)}")
         self.default_reply: Reply = verdict(safe_verdict(0.97))
         self._host = host
@@ -571,9 +572,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fake_vlm: {exc}", file=sys.stderr)
         return 1
     print(f"fake VLM listening on {server.base_url} (mix {args.mix})", flush=True)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
-        while True:
-            time.sleep(3600)
+        while not stopping.wait(0.5):
+            pass
     except KeyboardInterrupt:
         pass
     finally:

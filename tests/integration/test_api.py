@@ -25,7 +25,9 @@ def test_missing_and_bad_keys_are_401(client: httpx.Client):
 
 def test_wrong_role_is_403(client, tenant: TenantKeys):
     response = client.post(
-        "/v1/submissions", json={"external_id": "x", "text": "hi"}, headers=tenant.headers("reviewer")
+        "/v1/submissions",
+        json={"external_id": "x", "text": "hi"},
+        headers=tenant.headers("reviewer"),
     )
     assert response.status_code == 403
     assert response.headers["content-type"] == PROBLEM
@@ -33,7 +35,9 @@ def test_wrong_role_is_403(client, tenant: TenantKeys):
 
 def test_admin_can_do_everything(client, tenant: TenantKeys):
     response = client.post(
-        "/v1/submissions", json={"external_id": marker(), "text": "hi"}, headers=tenant.headers("admin")
+        "/v1/submissions",
+        json={"external_id": marker(), "text": "hi"},
+        headers=tenant.headers("admin"),
     )
     assert response.status_code == 202
 
@@ -46,7 +50,12 @@ def test_another_tenants_submission_is_404(client, tenant: TenantKeys, migrated)
     response = client.get(f"/v1/submissions/{accepted['id']}", headers=other.headers())
     assert response.status_code == 404
     assert response.headers["content-type"] == PROBLEM
-    assert client.get(f"/v1/submissions/{accepted['id']}", headers=tenant.headers("reviewer")).status_code == 200
+    assert (
+        client.get(
+            f"/v1/submissions/{accepted['id']}", headers=tenant.headers("reviewer")
+        ).status_code
+        == 200
+    )
 
 
 @pytest.mark.parametrize(
@@ -57,7 +66,10 @@ def test_another_tenants_submission_is_404(client, tenant: TenantKeys, migrated)
         ({"text": "no id"}, "external_id"),
         ({"external_id": "x", "images": [{}]}, "images"),
         ({"external_id": "x", "images": [{"url": "ftp://example.com/a.png"}]}, "images"),
-        ({"external_id": "x", "images": [{"url": "https://a.example/x.png", "data": "AA=="}]}, "images"),
+        (
+            {"external_id": "x", "images": [{"url": "https://a.example/x.png", "data": "AA=="}]},
+            "images",
+        ),
         ({"external_id": "x", "text": "hi", "unexpected": 1}, "unexpected"),
         ({"external_id": "", "text": "hi"}, "external_id"),
     ],
@@ -93,7 +105,9 @@ def test_malformed_json_is_422(client, tenant: TenantKeys):
 
 def test_unsupported_content_type_is_415(client, tenant: TenantKeys):
     response = client.post(
-        "/v1/submissions", content=b"hello", headers={**tenant.headers(), "Content-Type": "text/plain"}
+        "/v1/submissions",
+        content=b"hello",
+        headers={**tenant.headers(), "Content-Type": "text/plain"},
     )
     assert response.status_code == 415
 
@@ -143,7 +157,9 @@ def test_list_filters_and_cursor_pagination(client, tenant, fake_vlm):
     ids = []
     for _ in range(5):
         response = client.post(
-            "/v1/submissions", json={"external_id": marker(), "text": "hello"}, headers=tenant.headers()
+            "/v1/submissions",
+            json={"external_id": marker(), "text": "hello"},
+            headers=tenant.headers(),
         )
         ids.append(response.json()["id"])
     for submission_id in ids:
@@ -164,9 +180,7 @@ def test_list_filters_and_cursor_pagination(client, tenant, fake_vlm):
         "/v1/submissions", params={"action": "allow", "status": "decided"}, headers=tenant.headers()
     ).json()
     assert len(allowed["items"]) == 5
-    one = client.get(
-        "/v1/submissions", params={"external_id": ""}, headers=tenant.headers()
-    ).json()
+    one = client.get("/v1/submissions", params={"external_id": ""}, headers=tenant.headers()).json()
     assert one["items"] == []
     bad = client.get("/v1/submissions", params={"cursor": "garbage"}, headers=tenant.headers())
     assert bad.status_code == 422
@@ -202,23 +216,38 @@ def test_policies_are_versioned_and_activated_by_admins(client, tenant: TenantKe
     v1 = client.get("/v1/policies/default/versions/1", headers=tenant.headers()).json()
     categories = [c["id"] for c in v1["document"]["categories"]]
     assert categories == [
-        "sexual", "child_safety", "violence", "hate", "harassment", "self_harm", "weapons_drugs", "scam_spam"
+        "sexual",
+        "child_safety",
+        "violence",
+        "hate",
+        "harassment",
+        "self_harm",
+        "weapons_drugs",
+        "scam_spam",
     ]
     slug = f"p-{marker()}"
     draft = {k: v for k, v in v1["document"].items() if k not in ("slug", "version")}
     forbidden = client.post(f"/v1/policies/{slug}/versions", json=draft, headers=tenant.headers())
     assert forbidden.status_code == 403
-    created = client.post(f"/v1/policies/{slug}/versions", json=draft, headers=tenant.headers("admin"))
+    created = client.post(
+        f"/v1/policies/{slug}/versions", json=draft, headers=tenant.headers("admin")
+    )
     assert created.status_code == 201, created.text
     assert created.json()["version"] == 1 and created.json()["active"] is True
     second = client.post(
-        f"/v1/policies/{slug}/versions", json={**draft, "min_confidence": 0.9}, headers=tenant.headers("admin")
+        f"/v1/policies/{slug}/versions",
+        json={**draft, "min_confidence": 0.9},
+        headers=tenant.headers("admin"),
     ).json()
     assert second["version"] == 2 and second["active"] is False
-    activated = client.post(f"/v1/policies/{slug}/versions/2/activate", headers=tenant.headers("admin"))
+    activated = client.post(
+        f"/v1/policies/{slug}/versions/2/activate", headers=tenant.headers("admin")
+    )
     assert activated.json()["active_version"] == 2
     bad = client.post(
-        f"/v1/policies/{slug}/versions", json={**draft, "min_confidence": 3}, headers=tenant.headers("admin")
+        f"/v1/policies/{slug}/versions",
+        json={**draft, "min_confidence": 3},
+        headers=tenant.headers("admin"),
     )
     assert bad.status_code == 422
 
@@ -236,6 +265,8 @@ def test_submission_under_a_named_policy_version_keeps_it(client, tenant, fake_v
 def test_oversized_inline_image_is_413(client, tenant):
     big = base64.b64encode(b"\0" * (21 * 1024 * 1024)).decode()
     response = client.post(
-        "/v1/submissions", json={"external_id": "big", "images": [{"data": big}]}, headers=tenant.headers()
+        "/v1/submissions",
+        json={"external_id": "big", "images": [{"data": big}]},
+        headers=tenant.headers(),
     )
     assert response.status_code == 413

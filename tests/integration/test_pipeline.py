@@ -181,7 +181,9 @@ def test_undecodable_image_goes_to_review_without_a_model_call(client, tenant, f
     assert fake_vlm.requests_for(case) == []
 
 
-def test_image_url_on_the_allow_list_is_fetched(client, tenant, fake_vlm, image_server: ImageServer):
+def test_image_url_on_the_allow_list_is_fetched(
+    client, tenant, fake_vlm, image_server: ImageServer
+):
     case = marker()
     url = image_server.put(f"/{case}.jpg", image_bytes(1920, 1080, fmt="JPEG"))
     accepted = submit(client, tenant, text=case, images=[{"url": url}])
@@ -248,6 +250,25 @@ def test_reviewer_sees_the_normalized_image(client, tenant, fake_vlm):
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/jpeg"
     assert response.content[:3] == b"\xff\xd8\xff"
-    assert client.get(
-        f"/v1/submissions/{result['id']}/images/0", headers=tenant.headers("ingest")
-    ).status_code == 403
+    assert (
+        client.get(
+            f"/v1/submissions/{result['id']}/images/0", headers=tenant.headers("ingest")
+        ).status_code
+        == 403
+    )
+
+
+def test_audit_trail_tells_the_story(client, tenant, fake_vlm):
+    result = moderate(client, tenant, fake_vlm, [fake.verdict(fake.safe_verdict())])
+    response = client.get(
+        f"/v1/submissions/{result['id']}/audit", headers=tenant.headers("reviewer")
+    )
+    assert response.status_code == 200
+    events = [event["event"] for event in response.json()]
+    assert events == ["received", "queued", "processing_started", "model_verdict", "decided"]
+    assert (
+        client.get(
+            f"/v1/submissions/{result['id']}/audit", headers=tenant.headers("ingest")
+        ).status_code
+        == 403
+    )

@@ -107,6 +107,8 @@ def test_history_tables_are_append_only(migrated, tenant, fake_vlm, service_env)
         "UPDATE decisions SET action = 'allow' WHERE submission_id = :id",
         "DELETE FROM audit_events WHERE submission_id = :id",
     ):
-        with pytest.raises(DBAPIError, match="append-only"):
-            with session_scope(get_sessionmaker(migrated)) as session:
-                session.execute(text(statement), {"id": submission_id})
+        with (
+            pytest.raises(DBAPIError, match="append-only"),
+            session_scope(get_sessionmaker(migrated)) as session,
+        ):
+            session.execute(text(statement), {"id": submission_id})

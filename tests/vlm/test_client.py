@@ -156,6 +156,30 @@ def test_a_content_filter_stop_is_a_provider_refusal(
     assert len(judgement.calls) == 1
 
 
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("<html>gateway</html>", "model_unavailable"),
+        ({"id": "chatcmpl-1", "choices": []}, "model_unavailable"),
+        ({"choices": [{"message": None, "finish_reason": "stop"}]}, "invalid_model_output"),
+        (
+            {"choices": [{"message": {"content": 5}}], "usage": {"prompt_tokens": "many"}},
+            "invalid_model_output",
+        ),
+    ],
+    ids=["not-json", "no-choices", "no-message", "wrong-types"],
+)
+def test_a_malformed_response_is_reported_not_raised(
+    make_client: Callable[..., VLMClient], server: FakeVLMServer, body: Any, reason: str
+) -> None:
+    server.script("malformed", [fake.error(200, body)])
+
+    judgement = judge(make_client(), "malformed")
+
+    assert judgement.failure_reason == reason
+    assert all(call.input_tokens is None for call in judgement.calls)
+
+
 # Transient failures ----------------------------------------------------------------------------
 
 
