@@ -8,8 +8,8 @@ EXIF (GPS positions, device serials), ICC profiles, XMP and text chunks are drop
 bytes leak nothing about the uploader and the same picture always hashes the same.
 
 This runs in worker threads, so it touches no Pillow globals: `Image.MAX_IMAGE_PIXELS` and
-`ImageFile.LOAD_TRUNCATED_IMAGES` keep their defaults (Pillow's own bomb check stays as a second
-line behind ours, and truncated files stay errors).
+`ImageFile.LOAD_TRUNCATED_IMAGES` keep their defaults (Pillow's own, looser bomb check stays in
+force next to our pixel cap, and truncated files stay errors).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ timeout; the resolver's own, usually 5 s per try, applies).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import ssl
@@ -58,8 +59,9 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 def is_blocked_address(address: IPAddress) -> bool:
     """True for every address a fetch must not reach: anything but public unicast.
 
-    IPv6 forms that carry an IPv4 address (mapped ::ffff:a.b.c.d, NAT64, 6to4) are judged by
-    the IPv4 address they lead to, since that is where the packets end up.
+    IPv6 forms that carry an IPv4 address (mapped ::ffff:a.b.c.d, NAT64, 6to4) are also judged
+    by the IPv4 address they lead to, since that is where the packets end up, whatever the IPv6
+    address's own properties say.
     """
     embedded = _embedded_ipv4(address)
     if embedded is not None and is_blocked_address(embedded):
@@ -182,6 +184,7 @@ def _check_target(url: httpx.URL, allowed_hosts: set[str]) -> _Target:
 
 
 def _allow_list_key(host: str, port: int) -> str:
+    """The form MODERATION_FETCH_ALLOW_HOSTS is written in: host:port, IPv6 in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -251,7 +254,7 @@ def _redirect_location(current_url: httpx.URL, response: httpx.Response) -> http
     if not location:
         raise ImageFetchError(f"HTTP {response.status_code} redirect without a Location")
     try:
-        # Relative locations are relative to the URL as the tenant wrote it, not to the address.
+        # Relative to this hop's URL with its name, not to the address it was sent to.
         return current_url.join(location)
     except httpx.InvalidURL as exc:
         raise ImageFetchError(f"redirect to an invalid URL: {exc}") from exc
@@ -365,11 +368,21 @@ class _PinnedTransport(httpx.HTTPTransport):
     """
 
     def __init__(self, backend: _PinnedBackend) -> None:
-        super().__init__(trust_env=False)
+        super().__init__(verify=_tls_context(), trust_env=False)
         if not isinstance(getattr(self, "_pool", None), httpcore.ConnectionPool):
             raise RuntimeError("this httpx version keeps its pool elsewhere; fetches are unsafe")
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=_tls_context(),
             max_keepalive_connections=0,
             network_backend=backend,
         )
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """Loading the CA bundle takes milliseconds, so every fetch and thread shares one context.
+
+    It honours SSL_CERT_FILE / SSL_CERT_DIR, so an operator can trust an internal media store's
+    CA; that is the only thing read from the environment.
+    """
+    return httpx.create_ssl_context()

@@ -138,6 +138,18 @@ def test_accepts_each_allowed_format(image_format: str, source_mime: str) -> Non
     assert (result.width, result.height, result.tokens) == (644, 476, 23 * 17)
 
 
+def test_accepts_a_multi_picture_jpeg_as_a_jpeg_and_keeps_the_first_picture() -> None:
+    """Phone cameras write MPO: a JPEG with more pictures appended. Pillow names it apart."""
+    pictures = [Image.new("RGB", (64, 48), RED), Image.new("RGB", (64, 48), BLUE)]
+    data = encode(pictures[0], "MPO", save_all=True, append_images=pictures[1:])
+    assert Image.open(io.BytesIO(data), formats=["JPEG"]).format == "MPO"
+
+    result = normalize(data)
+
+    assert result.source_mime == "image/jpeg"
+    assert close_to(colour_at(assert_clean_jpeg(result), 20, 20), RED)
+
+
 def test_sizes_a_large_photo_down_to_the_token_budget() -> None:
     result = normalize(encode(noise(1920, 1080), "JPEG"))
 
