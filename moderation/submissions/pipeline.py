@@ -28,7 +28,6 @@ from moderation.queue import MODERATE_SUBMISSION, enqueue_after_commit
 from moderation.submissions import repository
 from moderation.submissions.models import (
     Action,
-    AuditEvent,
     Decision,
     DecisionSource,
     Submission,
@@ -126,14 +125,13 @@ def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | Non
                 f"gave up after {settings.max_attempts} attempts that did not finish",
             )
             return None
-        session.add(
-            AuditEvent(
-                tenant_id=submission.tenant_id,
-                submission_id=submission.id,
-                event="processing_started",
-                actor="worker",
-                data={"attempt": submission.attempts},
-            )
+        repository.add_audit_event(
+            session,
+            submission.tenant_id,
+            submission.id,
+            "processing_started",
+            "worker",
+            {"attempt": submission.attempts},
         )
         assert submission.lease_token is not None
         return WorkItem(
@@ -214,19 +212,18 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> None
                 row.tokens = result.normalized.tokens
         for sequence, call in enumerate(judged.calls):
             session.add(_verdict_row(work, sequence, call))
-            session.add(
-                AuditEvent(
-                    tenant_id=work.tenant_id,
-                    submission_id=work.submission_id,
-                    event="model_verdict",
-                    actor=f"model:{call.model}",
-                    data={
-                        "sequence": sequence,
-                        "rating": (call.parsed or {}).get("rating"),
-                        "error": call.error,
-                        "latency_ms": call.latency_ms,
-                    },
-                )
+            repository.add_audit_event(
+                session,
+                work.tenant_id,
+                work.submission_id,
+                "model_verdict",
+                f"model:{call.model}",
+                {
+                    "sequence": sequence,
+                    "rating": (call.parsed or {}).get("rating"),
+                    "error": call.error,
+                    "latency_ms": call.latency_ms,
+                },
             )
         source = DecisionSource.model if judged.calls else DecisionSource.system
         record_decision(session, submission, judged.outcome, source=source, detail=judged.detail)
@@ -279,14 +276,13 @@ def record_decision(
     data: dict[str, Any] = {"action": outcome.action.value, "source": source.value}
     if outcome.reason:
         data["reason"] = outcome.reason.value
-    session.add(
-        AuditEvent(
-            tenant_id=submission.tenant_id,
-            submission_id=submission.id,
-            event=event,
-            actor=actor or "system",
-            data=data,
-        )
+    repository.add_audit_event(
+        session,
+        submission.tenant_id,
+        submission.id,
+        event,
+        actor or "system",
+        data,
     )
     session.flush()
     return decision
@@ -323,14 +319,13 @@ def requeue_stalled_submissions(runtime: PipelineRuntime, *, limit: int = 500) -
             submission.queued_at = utcnow()
             submission.lease_token = None
             submission.lease_expires_at = None
-            session.add(
-                AuditEvent(
-                    tenant_id=submission.tenant_id,
-                    submission_id=submission.id,
-                    event="requeued",
-                    actor="relay",
-                    data={"why": "lease_expired" if lost_worker else "not_picked_up"},
-                )
+            repository.add_audit_event(
+                session,
+                submission.tenant_id,
+                submission.id,
+                "requeued",
+                "relay",
+                {"why": "lease_expired" if lost_worker else "not_picked_up"},
             )
             enqueue_after_commit(session, MODERATE_SUBMISSION, str(submission.id))
         return len(stalled)

@@ -213,3 +213,22 @@ def stalled(session: Session, *, grace: timedelta, limit: int) -> list[Submissio
 def try_relay_lock(session: Session) -> bool:
     """Only one relay sweeps at a time, however many workers run one."""
     return bool(session.scalar(select(func.pg_try_advisory_xact_lock(0x6D6F6465))))
+
+
+def add_audit_event(
+    session: Session,
+    tenant_id: uuid.UUID,
+    submission_id: uuid.UUID,
+    event: str,
+    actor: str,
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        AuditEvent(
+            tenant_id=tenant_id,
+            submission_id=submission_id,
+            event=event,
+            actor=actor,
+            data=data or {},
+        )
+    )

@@ -22,7 +22,6 @@ from moderation.queue import MODERATE_SUBMISSION, enqueue_after_commit
 from moderation.submissions import repository
 from moderation.submissions.models import (
     Action,
-    AuditEvent,
     Decision,
     Submission,
     SubmissionImage,
@@ -156,7 +155,7 @@ def create_submission(
         )
         if submission_id is not None:
             _store_new_images(session, submission_id, new.images)
-            _record(
+            repository.add_audit_event(
                 session,
                 principal.tenant_id,
                 submission_id,
@@ -164,7 +163,9 @@ def create_submission(
                 principal.actor,
                 {"images": len(new.images), "policy_version": version.version},
             )
-            _record(session, principal.tenant_id, submission_id, "queued", "system", {})
+            repository.add_audit_event(
+                session, principal.tenant_id, submission_id, "queued", "system", {}
+            )
             enqueue_after_commit(session, MODERATE_SUBMISSION, str(submission_id))
             submission = repository.get(session, submission_id)
             assert submission is not None
@@ -194,21 +195,6 @@ def _store_new_images(
             )
             for position, image in enumerate(images)
         ],
-    )
-
-
-def _record(
-    session: Session,
-    tenant_id: uuid.UUID,
-    submission_id: uuid.UUID,
-    event: str,
-    actor: str,
-    data: dict[str, Any],
-) -> None:
-    session.add(
-        AuditEvent(
-            tenant_id=tenant_id, submission_id=submission_id, event=event, actor=actor, data=data
-        )
     )
 
 
