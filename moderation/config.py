@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     vlm_max_concurrency: int = Field(default=16, ge=1, le=256)
     vlm_response_format: ResponseFormat = "json_schema"
     vlm_max_output_tokens: int = Field(default=1024, ge=64)
+    # Reuse an earlier verdict for a byte-identical prompt (same normalized images, caption,
+    # policy version and model) instead of asking the model again.
+    verdict_cache: bool = True
     # Qwen2/2.5-VL merge 2x2 patches of 14 px (28 px per token); Qwen3-VL uses 16 px (32).
     # None means "infer from the model name".
     vlm_patch_unit: Literal[28, 32] | None = None

@@ -308,6 +308,7 @@ def upgrade() -> None:
         sa.Column("input_tokens", sa.Integer(), nullable=True),
         sa.Column("output_tokens", sa.Integer(), nullable=True),
         sa.Column("latency_ms", sa.Integer(), nullable=False),
+        sa.Column("reused_from_id", sa.Uuid(), nullable=True),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column(
             "created_at",
@@ -326,14 +327,23 @@ def upgrade() -> None:
             name=op.f("fk_verdicts_submission_id_submissions"),
             ondelete="CASCADE",
         ),
+        sa.ForeignKeyConstraint(
+            ["reused_from_id"],
+            ["verdicts.id"],
+            name=op.f("fk_verdicts_reused_from_id_verdicts"),
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_verdicts")),
     )
     op.create_index(op.f("ix_verdicts_submission_id"), "verdicts", ["submission_id"], unique=False)
+    op.create_index(
+        "ix_verdicts_prompt_model", "verdicts", ["prompt_sha256", "model"], unique=False
+    )
     _create_append_only_guards()
 
 
 def downgrade() -> None:
     _drop_append_only_guards()
+    op.drop_index("ix_verdicts_prompt_model", table_name="verdicts")
     op.drop_index(op.f("ix_verdicts_submission_id"), table_name="verdicts")
     op.drop_table("verdicts")
     op.drop_index(op.f("ix_submission_images_sha256"), table_name="submission_images")

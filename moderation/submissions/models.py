@@ -108,6 +108,8 @@ class Verdict(UUIDKey, CreatedAt, Base):
     """One model call and what came back, kept whole so any decision can be explained."""
 
     __tablename__ = "verdicts"
+    # The verdict cache looks verdicts up by the exact prompt they answered.
+    __table_args__ = (Index("ix_verdicts_prompt_model", "prompt_sha256", "model"),)
 
     submission_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("submissions.id", ondelete="CASCADE"), index=True
@@ -124,6 +126,8 @@ class Verdict(UUIDKey, CreatedAt, Base):
     input_tokens: Mapped[int | None] = mapped_column(Integer)
     output_tokens: Mapped[int | None] = mapped_column(Integer)
     latency_ms: Mapped[int] = mapped_column(Integer)
+    # Set when this verdict was not asked for but reused from an identical earlier prompt.
+    reused_from_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("verdicts.id"))
 
 
 class Decision(UUIDKey, CreatedAt, Base):

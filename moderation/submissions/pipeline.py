@@ -36,6 +36,7 @@ from moderation.submissions.models import (
 )
 from moderation.vlm.client import ModelCall, VLMClient
 from moderation.vlm.prompt import ModelImage
+from moderation.vlm.verdict import ModelVerdict
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class JudgedWork:
     detail: str | None = None
     images: list[ImageResult] = field(default_factory=list)
     calls: list[ModelCall] = field(default_factory=list)
+    # An earlier verdict for the identical prompt, used instead of a model call.
+    reused: Verdict | None = None
 
 
 def moderate_submission(submission_id: uuid.UUID, runtime: PipelineRuntime) -> None:
@@ -180,6 +183,16 @@ def _judge(work: WorkItem, runtime: PipelineRuntime, deadline: float) -> JudgedW
         for r in results
         if r.normalized is not None
     ]
+    if settings.verdict_cache:
+        reused = _reusable_verdict(work, model_images, runtime)
+        if reused is not None:
+            verdict = ModelVerdict.model_validate(reused.parsed)
+            return JudgedWork(
+                decide(verdict, work.policy),
+                detail=verdict.rationale,
+                images=results,
+                reused=reused,
+            )
     judgement = runtime.vlm.judge(work.policy, model_images, work.text, deadline=deadline)
     if judgement.failure_reason is not None or judgement.verdict is None:
         last_error = next((c.error for c in reversed(judgement.calls) if c.error), None)
@@ -189,6 +202,20 @@ def _judge(work: WorkItem, runtime: PipelineRuntime, deadline: float) -> JudgedW
     return JudgedWork(
         outcome, detail=judgement.verdict.rationale, images=results, calls=judgement.calls
     )
+
+
+def _reusable_verdict(
+    work: WorkItem, images: list[ModelImage], runtime: PipelineRuntime
+) -> Verdict | None:
+    """SPEC §2 step 5: the same images, text, policy version and model were judged before."""
+    fingerprint = runtime.vlm.prompt_fingerprint(work.policy, images, work.text)
+    with session_scope(runtime.sessions) as session:
+        verdict = repository.find_reusable_verdict(
+            session, work.tenant_id, fingerprint, runtime.vlm.model
+        )
+        if verdict is not None:
+            session.expunge(verdict)
+        return verdict
 
 
 def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> None:
@@ -225,7 +252,11 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> None
                     "latency_ms": call.latency_ms,
                 },
             )
-        source = DecisionSource.model if judged.calls else DecisionSource.system
+        if judged.reused is not None:
+            session.add(_reused_verdict_row(work, judged.reused))
+            source = DecisionSource.cache
+        else:
+            source = DecisionSource.model if judged.calls else DecisionSource.system
         record_decision(session, submission, judged.outcome, source=source, detail=judged.detail)
 
 
@@ -244,6 +275,25 @@ def _verdict_row(work: WorkItem, sequence: int, call: ModelCall) -> Verdict:
         input_tokens=call.input_tokens,
         output_tokens=call.output_tokens,
         latency_ms=call.latency_ms,
+    )
+
+
+def _reused_verdict_row(work: WorkItem, original: Verdict) -> Verdict:
+    return Verdict(
+        submission_id=work.submission_id,
+        policy_version_id=work.policy_version_id,
+        attempt=work.attempt,
+        sequence=0,
+        model=original.model,
+        prompt_sha256=original.prompt_sha256,
+        raw_output=original.raw_output,
+        parsed=original.parsed,
+        error=None,
+        finish_reason=original.finish_reason,
+        input_tokens=0,
+        output_tokens=0,
+        latency_ms=0,
+        reused_from_id=original.id,
     )
 
 

@@ -170,6 +170,25 @@ def claim(session: Session, submission_id: uuid.UUID, lease: timedelta) -> Submi
     return session.scalars(statement).one_or_none()
 
 
+def find_reusable_verdict(
+    session: Session, tenant_id: uuid.UUID, prompt_sha256: str, model: str
+) -> Verdict | None:
+    """The newest valid verdict this tenant got for exactly this prompt from this model."""
+    return session.scalars(
+        select(Verdict)
+        .join(Submission, Submission.id == Verdict.submission_id)
+        .where(
+            Submission.tenant_id == tenant_id,
+            Verdict.prompt_sha256 == prompt_sha256,
+            Verdict.model == model,
+            Verdict.parsed.is_not(None),
+            Verdict.error.is_(None),
+        )
+        .order_by(Verdict.created_at.desc())
+        .limit(1)
+    ).one_or_none()
+
+
 def lock_if_leased(
     session: Session, submission_id: uuid.UUID, lease_token: uuid.UUID
 ) -> Submission | None:

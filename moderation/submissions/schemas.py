@@ -105,6 +105,9 @@ class VerdictRead(BaseModel):
     finish_reason: str | None
     error: str | None
     raw_output: str | None
+    reused_from: uuid.UUID | None = Field(
+        default=None, description="set when an identical earlier prompt's verdict was reused"
+    )
     created_at: datetime
 
 

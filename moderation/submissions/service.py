@@ -276,6 +276,7 @@ def _present_verdict(verdict: Verdict, policy_slug: str, policy_version: int) ->
             "finish_reason": verdict.finish_reason,
             "error": verdict.error,
             "raw_output": verdict.raw_output,
+            "reused_from": verdict.reused_from_id,
             "created_at": verdict.created_at,
         }
     )

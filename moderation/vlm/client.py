@@ -107,6 +107,16 @@ class VLMClient:
             return Judgement(verdict=None, calls=calls, failure_reason="invalid_model_output")
         return Judgement(verdict=verdict, calls=calls, failure_reason=None)
 
+    def prompt_fingerprint(
+        self, policy: PolicyDocument, images: Sequence[ModelImage], text: str | None
+    ) -> str:
+        """The sha256 the first call of `judge` would record, known before calling."""
+        return prompt_sha256(build_messages(render_policy_prompt(policy), images, text), images)
+
+    @property
+    def model(self) -> str:
+        return self._settings.vlm_model
+
     def ping(self, timeout: float = 2.0) -> bool:
         """Whether the model server answers `GET /models`, for the readiness probe."""
         try:

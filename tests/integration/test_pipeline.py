@@ -272,3 +272,31 @@ def test_audit_trail_tells_the_story(client, tenant, fake_vlm):
         ).status_code
         == 403
     )
+
+
+def test_identical_content_reuses_the_earlier_verdict(client, tenant, fake_vlm, migrated):
+    from tests.factories import make_tenant
+
+    case = marker()
+    fake_vlm.script(case, [fake.verdict(fake.unsafe_verdict("violence", 3, 0.95))])
+    image = image_b64(color=(1, 2, 3))
+    first = submit(client, tenant, text=f"same {case}", images=[{"data": image}])
+    first_result = wait_for_outcome(client, str(first["id"]), tenant.headers())
+    assert first_result["decision"]["source"] == "model"
+
+    second = submit(client, tenant, text=f"same {case}", images=[{"data": image}])
+    result = wait_for_outcome(client, str(second["id"]), tenant.headers())
+    assert result["decision"]["action"] == "block"
+    assert result["decision"]["source"] == "cache"
+    [verdict] = result["verdicts"]
+    assert verdict["latency_ms"] == 0 and verdict["reused_from"] is not None
+    assert verdict["prompt_sha256"] == first_result["verdicts"][0]["prompt_sha256"]
+    assert len(fake_vlm.requests_for(case)) == 1
+
+    # Another tenant's identical upload is judged afresh: verdicts are not shared across tenants.
+    other = make_tenant(migrated, "other")
+    third = submit(client, other, text=f"same {case}", images=[{"data": image}])
+    assert (
+        wait_for_outcome(client, str(third["id"]), other.headers())["decision"]["source"] == "model"
+    )
+    assert len(fake_vlm.requests_for(case)) == 2
