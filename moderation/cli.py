@@ -158,7 +158,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
             "--pool=threads",
             f"--concurrency={concurrency}",
             f"--loglevel={settings.log_level.upper()}",
-            "--queues=moderation",
+            f"--queues={settings.queue_name}",
             "--without-gossip",
             "--without-mingle",
         ]

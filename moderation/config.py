@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     # task's soft limit, the soft before the hard limit, and the hard limit before the broker
     # would hand the same message to another worker.
     task_soft_time_limit_s: float = Field(default=300.0, gt=0)
+    # One broker can serve several deployments (or test runs) when each has its own queue.
+    queue_name: str = Field(default="moderation", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     relay_interval_s: float = Field(default=10.0, gt=0)
     relay_grace_s: float = Field(default=60.0, ge=0)
     max_attempts: int = Field(default=3, ge=1, le=20)
@@ -79,8 +81,12 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def _limit_margin_s(self) -> float:
+        return max(5.0, self.task_soft_time_limit_s * 0.1)
+
+    @property
     def task_hard_time_limit_s(self) -> float:
-        return self.task_soft_time_limit_s + 30.0
+        return self.task_soft_time_limit_s + self._limit_margin_s
 
     @property
     def broker_visibility_timeout_s(self) -> float:
@@ -90,7 +96,7 @@ class Settings(BaseSettings):
     @property
     def lease_s(self) -> float:
         """How long a worker owns a submission before the relay may hand it to another."""
-        return self.task_hard_time_limit_s + 30.0
+        return self.task_hard_time_limit_s + self._limit_margin_s
 
     @property
     def patch_unit(self) -> int:

@@ -129,6 +129,8 @@ def service_env(
         "MODERATION_RELAY_INTERVAL_S": "1",
         "MODERATION_RELAY_GRACE_S": "4",
         "MODERATION_LOG_LEVEL": "INFO",
+        # A queue of this run's own, so runs sharing a Redis never take each other's tasks.
+        "MODERATION_QUEUE_NAME": f"moderation-test-{uuid.uuid4().hex[:8]}",
     }
     os.environ.update(env)
     from moderation.config import get_settings

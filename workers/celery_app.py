@@ -52,8 +52,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Model timeout < soft limit < hard limit < visibility timeout (checked in Settings).
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_hard_time_limit_s,
-        "task_default_queue": "moderation",
-        "task_routes": {MODERATE_SUBMISSION: {"queue": "moderation"}},
+        "task_default_queue": settings.queue_name,
+        "task_routes": {MODERATE_SUBMISSION: {"queue": settings.queue_name}},
         # Don't let a broker outage hang an API request: the relay sends whatever fails here.
         "task_publish_retry": True,
         "task_publish_retry_policy": {

@@ -102,7 +102,8 @@ def moderate_submission(submission_id: uuid.UUID, runtime: PipelineRuntime) -> N
     work = _claim(submission_id, runtime)
     if work is None:
         return
-    deadline = time.monotonic() + runtime.settings.task_soft_time_limit_s - _STORE_MARGIN_S
+    soft_limit = runtime.settings.task_soft_time_limit_s
+    deadline = time.monotonic() + soft_limit - min(_STORE_MARGIN_S, soft_limit * 0.2)
     try:
         judged = _judge(work, runtime, deadline)
     except Exception as exc:

@@ -112,3 +112,56 @@ def test_history_tables_are_append_only(migrated, tenant, fake_vlm, service_env)
             session_scope(get_sessionmaker(migrated)) as session,
         ):
             session.execute(text(statement), {"id": submission_id})
+
+
+def test_a_worker_killed_mid_model_call_loses_nothing(
+    client, tenant, fake_vlm, migrated, service_env, tmp_path
+):
+    """SIGKILL a real worker while its model call is in flight; another worker finishes the job."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from moderation.queue import MODERATE_SUBMISSION
+    from workers.celery_app import celery_app
+
+    case = marker()
+    fake_vlm.script(case, [fake.delay(30), fake.verdict(fake.unsafe_verdict("violence", 3, 0.95))])
+    queue = f"doomed-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        **service_env,
+        "MODERATION_QUEUE_NAME": queue,
+        # A short lease: soft limit 5 s, so the lease ends 15 s after the claim.
+        "MODERATION_TASK_SOFT_TIME_LIMIT_S": "5",
+        "MODERATION_VLM_TIMEOUT_S": "4",
+    }
+    with (tmp_path / "doomed.log").open("wb") as log:
+        doomed = subprocess.Popen(
+            [sys.executable, "-m", "moderation", "worker", "--concurrency", "2"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        submission_id = insert_without_sending(migrated, tenant, f"caption {case}")
+        celery_app.send_task(MODERATE_SUBMISSION, args=[str(submission_id)], queue=queue)
+        deadline = time.monotonic() + 60
+        while not fake_vlm.requests_for(case):
+            assert doomed.poll() is None, (tmp_path / "doomed.log").read_text()
+            assert time.monotonic() < deadline, "the doomed worker never called the model"
+            time.sleep(0.1)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=10)
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+
+    result = wait_for_outcome(client, str(submission_id), tenant.headers(), timeout=60)
+    assert result["decision"]["action"] == "block"
+    assert result["attempts"] == 2
+    with session_scope(get_sessionmaker(migrated)) as session:
+        events = [e.event for e in repository.audit_of(session, submission_id)]
+    assert events.count("processing_started") == 2 and "requeued" in events
