@@ -82,7 +82,20 @@ async def _read_multipart(request: Request, settings: Settings) -> service.NewSu
                 "metadata must be a JSON object",
                 errors=[{"loc": ["body", "metadata"], "msg": str(exc), "type": "json_invalid"}],
             ) from exc
-    uploads = [item for item in form.getlist("images") if isinstance(item, UploadFile)]
+    uploads = []
+    for position, item in enumerate(form.getlist("images")):
+        if not isinstance(item, UploadFile):
+            raise ValidationFailed(
+                "images must be file parts",
+                errors=[
+                    {
+                        "loc": ["body", "images", position],
+                        "msg": "not a file",
+                        "type": "value_error",
+                    }
+                ],
+            )
+        uploads.append(item)
     images: list[bytes] = []
     for position, upload in enumerate(uploads):
         raw = await upload.read(settings.image_max_bytes + 1)

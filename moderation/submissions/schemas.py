@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from moderation.submissions.models import Action, DecisionSource, SubmissionStatus
+
+METADATA_MAX_BYTES = 16 * 1024
 
 
 class ImageInput(BaseModel):
@@ -47,6 +50,14 @@ class SubmissionCreate(BaseModel):
         default=None, max_length=64, description="policy slug; default 'default'"
     )
     callback_url: AnyHttpUrl | None = Field(default=None, max_length=2048)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_is_small(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Metadata is stored with every submission and echoed in callbacks: keep it a label.
+        if len(json.dumps(value, default=str)) > METADATA_MAX_BYTES:
+            raise ValueError(f"metadata must serialize to at most {METADATA_MAX_BYTES} bytes")
+        return value
 
     @model_validator(mode="after")
     def _has_content(self) -> SubmissionCreate:

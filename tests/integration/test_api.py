@@ -270,3 +270,30 @@ def test_oversized_inline_image_is_413(client, tenant):
         headers=tenant.headers(),
     )
     assert response.status_code == 413
+
+
+def test_oversized_metadata_is_422(client, tenant):
+    response = client.post(
+        "/v1/submissions",
+        json={"external_id": "meta", "text": "hi", "metadata": {"blob": "x" * 20_000}},
+        headers=tenant.headers(),
+    )
+    assert response.status_code == 422
+    assert "metadata" in response.json()["errors"][0]["loc"]
+
+
+def test_multipart_images_must_be_files(client, tenant):
+    response = client.post(
+        "/v1/submissions",
+        headers=tenant.headers(),
+        data={"external_id": "mp", "text": "hi", "images": "not-a-file"},
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == ["body", "images", 0]
+
+
+def test_multipart_without_content_is_422(client, tenant):
+    response = client.post(
+        "/v1/submissions", headers=tenant.headers(), data={"external_id": "mp-empty"}
+    )
+    assert response.status_code == 422
