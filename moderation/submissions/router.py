@@ -144,10 +144,12 @@ async def create_submission(
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         new = await _read_json(request, settings)
-    elif content_type == "multipart/form-data":
+    elif content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         new = await _read_multipart(request, settings)
     else:
-        raise UnsupportedMediaType("send application/json or multipart/form-data")
+        raise UnsupportedMediaType(
+            "send application/json, multipart/form-data or application/x-www-form-urlencoded"
+        )
     submission, created = await _run_sync(
         service.create_submission, session, principal, new, settings
     )
