@@ -50,6 +50,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # worker while another sits idle.
         "worker_prefetch_multiplier": 1,
         # Model timeout < soft limit < hard limit < visibility timeout (checked in Settings).
+        # Celery enforces these limits in prefork pools only; under the threads pool that
+        # `moderation worker` uses, the pipeline's own deadline (derived from the soft limit and
+        # passed to every model call and backoff) is what ends a task in time.
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_hard_time_limit_s,
         "task_default_queue": settings.queue_name,
