@@ -99,6 +99,11 @@ class Settings(BaseSettings):
         return self.task_hard_time_limit_s + self._limit_margin_s
 
     @property
+    def request_max_bytes(self) -> int:
+        """The largest request worth reading: every image at the cap, base64-encoded."""
+        return self.image_max_count * (self.image_max_bytes * 4 // 3 + 1024) + 1024 * 1024
+
+    @property
     def patch_unit(self) -> int:
         if self.vlm_patch_unit is not None:
             return self.vlm_patch_unit

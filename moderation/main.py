@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from prometheus_client.registry import CollectorRegistry
 
 from moderation.config import Settings, get_settings
+from moderation.core.limits import BodySizeLimit
 from moderation.core.problems import install_problem_handlers
 from moderation.database import get_sessionmaker, resolve_database_url
 from moderation.ops.router import SubmissionCollector
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.request_max_bytes)
     app.include_router(ops_router)
     app.include_router(submissions_router)
     app.include_router(policies_router)

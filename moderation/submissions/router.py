@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from moderation.config import Settings
-from moderation.core.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from moderation.core.errors import UnsupportedMediaType, ValidationFailed
 from moderation.core.pagination import Page
 from moderation.database import DbSession
 from moderation.submissions import service
@@ -49,17 +49,10 @@ def _validation_problem(exc: ValidationError, where: str) -> ValidationFailed:
 
 
 async def _read_json(request: Request, settings: Settings) -> service.NewSubmission:
-    limit = settings.image_max_count * (settings.image_max_bytes * 4 // 3 + 1024) + 1_000_000
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    # BodySizeLimit (main.py) has already capped how much of this can arrive.
+    body = await request.body()
     try:
-        parsed = SubmissionCreate.model_validate_json(bytes(body))
+        parsed = SubmissionCreate.model_validate_json(body)
     except ValidationError as exc:
         raise _validation_problem(exc, "body") from exc
     return service.new_submission_from_json(parsed, settings)
