@@ -29,8 +29,7 @@ ENV PATH="/opt/venv/bin:$PATH" \
     PYTHONUNBUFFERED=1 \
     MODERATION_DATA_DIR=/var/lib/moderation
 
-# A fixed, unprivileged uid so volume ownership is predictable; the embedded Postgres of
-# `moderation up` also refuses to run as root.
+# A fixed, unprivileged uid so volume ownership is predictable.
 RUN groupadd --system --gid 10001 moderation \
     && useradd --system --uid 10001 --gid moderation --home-dir /app --shell /usr/sbin/nologin moderation \
     && mkdir -p /app /var/lib/moderation \

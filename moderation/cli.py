@@ -150,8 +150,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     from workers.celery_app import celery_app
 
     # Threads, not processes: a worker spends its time waiting on the model server, so one
-    # process keeps many calls in flight (MODERATION_VLM_MAX_CONCURRENCY).
-    concurrency = args.concurrency or settings.vlm_max_concurrency
+    # process keeps many calls in flight (MODERATION_VLM_MAX_CONCURRENCY). --concurrency is the
+    # same number, so the pipeline sizes its connection pool from it too.
+    if args.concurrency:
+        os.environ["MODERATION_VLM_MAX_CONCURRENCY"] = str(args.concurrency)
+        get_settings.cache_clear()
+        settings = get_settings()
+    concurrency = settings.vlm_max_concurrency
     celery_app.worker_main(
         [
             "worker",

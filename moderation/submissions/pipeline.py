@@ -53,7 +53,9 @@ class PipelineRuntime:
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> PipelineRuntime:
         settings = settings or get_settings()
-        pool = max(5, settings.vlm_max_concurrency // 2)
+        # Half the threads hold a connection at once at most (claim and store are short);
+        # the overflow covers bursts, so threads + relay never wait for a connection.
+        pool = max(5, settings.vlm_max_concurrency // 2 + 1)
         return cls(
             settings=settings,
             sessions=get_sessionmaker(resolve_database_url(settings), pool),
