@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     vlm_max_retries: int = Field(default=3, ge=0, le=10)
     vlm_max_concurrency: int = Field(default=16, ge=1, le=256)
     vlm_response_format: ResponseFormat = "json_schema"
+    # Ask for token log-probabilities (vLLM, SGLang, OpenAI-compatible servers that support
+    # them) and record the probability of the rating token with every verdict.
+    vlm_logprobs: bool = False
     vlm_max_output_tokens: int = Field(default=1024, ge=64)
     # Reuse an earlier verdict for a byte-identical prompt (same normalized images, caption,
     # policy version and model) instead of asking the model again.

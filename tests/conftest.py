@@ -123,6 +123,7 @@ def service_env(
         "MODERATION_VLM_MODEL": "Qwen/Qwen2.5-VL-7B-Instruct",
         "MODERATION_VLM_TIMEOUT_S": "2",
         "MODERATION_VLM_MAX_RETRIES": "2",
+        "MODERATION_VLM_LOGPROBS": "true",
         "MODERATION_FETCH_ALLOW_HOSTS": f"127.0.0.1:{image_server.port}",
         "MODERATION_FETCH_TIMEOUT_S": "5",
         "MODERATION_TASK_SOFT_TIME_LIMIT_S": "30",

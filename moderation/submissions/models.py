@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -126,6 +127,8 @@ class Verdict(UUIDKey, CreatedAt, Base):
     input_tokens: Mapped[int | None] = mapped_column(Integer)
     output_tokens: Mapped[int | None] = mapped_column(Integer)
     latency_ms: Mapped[int] = mapped_column(Integer)
+    # The rating token's probability, where the model server returns log-probabilities.
+    rating_probability: Mapped[float | None] = mapped_column(Float)
     # Set when this verdict was not asked for but reused from an identical earlier prompt.
     reused_from_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("verdicts.id"))
 

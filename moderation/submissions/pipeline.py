@@ -278,6 +278,7 @@ def _verdict_row(work: WorkItem, sequence: int, call: ModelCall) -> Verdict:
         input_tokens=call.input_tokens,
         output_tokens=call.output_tokens,
         latency_ms=call.latency_ms,
+        rating_probability=call.rating_probability,
     )
 
 
@@ -296,6 +297,7 @@ def _reused_verdict_row(work: WorkItem, original: Verdict) -> Verdict:
         input_tokens=0,
         output_tokens=0,
         latency_ms=0,
+        rating_probability=original.rating_probability,
         reused_from_id=original.id,
     )
 

@@ -104,6 +104,9 @@ class VerdictRead(BaseModel):
     confidence: float | None
     violations: list[ViolationRead]
     rationale: str | None
+    rating_probability: float | None = Field(
+        default=None, description="probability of the rating token, from the server's logprobs"
+    )
     model: str
     policy: str
     policy_version: int

@@ -264,6 +264,7 @@ def _present_verdict(verdict: Verdict, policy_slug: str, policy_version: int) ->
             "confidence": parsed.get("confidence"),
             "violations": parsed.get("violations", []),
             "rationale": parsed.get("rationale"),
+            "rating_probability": verdict.rating_probability,
             "model": verdict.model,
             "policy": policy_slug,
             "policy_version": policy_version,

@@ -25,7 +25,12 @@ from moderation.config import Settings
 from moderation.policies.schemas import PolicyDocument
 from moderation.vlm.errors import InvalidVerdict, ModelUnavailable, ProviderRefused
 from moderation.vlm.prompt import ModelImage, build_messages, prompt_sha256, render_policy_prompt
-from moderation.vlm.verdict import ModelVerdict, parse_verdict, verdict_json_schema
+from moderation.vlm.verdict import (
+    ModelVerdict,
+    parse_verdict,
+    rating_probability,
+    verdict_json_schema,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +58,8 @@ class ModelCall:
     input_tokens: int | None
     output_tokens: int | None
     latency_ms: int
+    # The probability of the rating's first token, when the server returned log-probabilities.
+    rating_probability: float | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,8 @@ class VLMClient:
             temperature=0,
             max_tokens=self._settings.vlm_max_output_tokens,
             response_format=self._response_format(request.category_order),
+            logprobs=True if self._settings.vlm_logprobs else openai.omit,
+            top_logprobs=5 if self._settings.vlm_logprobs else openai.omit,
             timeout=timeout,
         )
 
@@ -234,6 +243,11 @@ class VLMClient:
                     input_tokens=input_tokens,
                     output_tokens=output_tokens,
                     latency_ms=latency_ms,
+                    rating_probability=(
+                        rating_probability(reply.token_logprobs, raw_output or "")
+                        if parsed is not None
+                        else None
+                    ),
                 )
             )
 
@@ -326,6 +340,7 @@ class _ReplyFields:
     finish_reason: str | None
     input_tokens: int | None
     output_tokens: int | None
+    token_logprobs: list[tuple[str, float]]
 
     @classmethod
     def read(cls, completion: object) -> _ReplyFields | None:
@@ -342,11 +357,18 @@ class _ReplyFields:
         usage = getattr(completion, "usage", None)
         input_tokens = getattr(usage, "prompt_tokens", None)
         output_tokens = getattr(usage, "completion_tokens", None)
+        token_logprobs = [
+            (token, float(logprob))
+            for entry in getattr(getattr(choices[0], "logprobs", None), "content", None) or []
+            if isinstance(token := getattr(entry, "token", None), str)
+            and isinstance(logprob := getattr(entry, "logprob", None), int | float)
+        ]
         return cls(
             content=content if isinstance(content, str) else None,
             finish_reason=finish_reason if isinstance(finish_reason, str) else None,
             input_tokens=input_tokens if isinstance(input_tokens, int) else None,
             output_tokens=output_tokens if isinstance(output_tokens, int) else None,
+            token_logprobs=token_logprobs,
         )
 
 

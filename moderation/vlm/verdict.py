@@ -9,6 +9,7 @@ truncated, so the client can ask again for a shorter answer.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Literal, Self
@@ -215,3 +216,28 @@ def _check_against_request(
                 )
     if problems:
         raise InvalidVerdict("; ".join(problems))
+
+
+_RATING_VALUE = re.compile(r'"rating"\s*:\s*"')
+
+
+def rating_probability(tokens: Sequence[tuple[str, float]], content: str) -> float | None:
+    """The probability the model gave the first token of its `rating` value.
+
+    The prompt puts `rating` first so that this token is decided before anything else: it is
+    the model's own confidence in safe versus unsafe (as LlavaGuard and Llama Guard score), read
+    from the server's log-probabilities rather than from the number the model wrote. `tokens`
+    are (text, logprob) pairs whose texts concatenate to `content`; None when they don't, or
+    when there is no rating to find.
+    """
+    if not tokens or "".join(text for text, _ in tokens) != content:
+        return None
+    match = _RATING_VALUE.search(content)
+    if match is None:
+        return None
+    position = 0
+    for text, logprob in tokens:
+        position += len(text)
+        if position > match.end():
+            return min(1.0, math.exp(logprob))
+    return None

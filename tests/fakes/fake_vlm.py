@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import re
 import signal
 import sys
 import threading
@@ -78,6 +79,8 @@ class VerdictReply:
     verdict: Mapping[str, Any]
     wrap: Wrap = "plain"
     finish_reason: str = "stop"
+    # Log-probability of the rating token, sent when the request asks for logprobs.
+    rating_logprob: float = -0.05
 
     @property
     def content(self) -> str:
@@ -155,10 +158,12 @@ def unsafe_verdict(
     }
 
 
-def verdict(obj: ModelVerdict | Mapping[str, Any], *, wrap: Wrap = "plain") -> VerdictReply:
+def verdict(
+    obj: ModelVerdict | Mapping[str, Any], *, wrap: Wrap = "plain", rating_logprob: float = -0.05
+) -> VerdictReply:
     if isinstance(obj, ModelVerdict):
         obj = obj.model_dump(mode="json", exclude_none=True)
-    return VerdictReply(verdict=dict(obj), wrap=wrap)
+    return VerdictReply(verdict=dict(obj), wrap=wrap, rating_logprob=rating_logprob)
 
 
 def raw(text: str, finish_reason: str = "stop") -> RawReply:
@@ -340,7 +345,10 @@ class FakeVLMServer:
             case ErrorReply(status=status, body=error_body, headers=headers):
                 return status, error_body, headers
             case VerdictReply():
-                return 200, self._completion(body, reply.content, reply.finish_reason), {}
+                completion = self._completion(
+                    body, reply.content, reply.finish_reason, reply.rating_logprob
+                )
+                return 200, completion, {}
             case RawReply(text=text, finish_reason=finish_reason):
                 return 200, self._completion(body, text, finish_reason), {}
 
@@ -362,7 +370,13 @@ class FakeVLMServer:
             return MIX_REPLIES[_pick_from_mix(self._mix, body)]
         return self.default_reply
 
-    def _completion(self, body: dict[str, Any], content: str, finish_reason: str) -> dict[str, Any]:
+    def _completion(
+        self,
+        body: dict[str, Any],
+        content: str,
+        finish_reason: str,
+        rating_logprob: float = -0.05,
+    ) -> dict[str, Any]:
         prompt_tokens = _estimate_prompt_tokens(body)
         completion_tokens = max(1, len(content) // 4)
         return {
@@ -375,7 +389,9 @@ class FakeVLMServer:
                     "index": 0,
                     "message": {"role": "assistant", "content": content},
                     "finish_reason": finish_reason,
-                    "logprobs": None,
+                    "logprobs": _token_logprobs(content, rating_logprob)
+                    if body.get("logprobs")
+                    else None,
                 }
             ],
             "usage": {
@@ -446,6 +462,29 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except ConnectionError:
             self.close_connection = True
+
+
+_TOKEN = re.compile(r"\w+|\s+|[^\w\s]")
+
+
+def _token_logprobs(content: str, rating_logprob: float) -> dict[str, Any]:
+    """Word-and-punctuation tokens, as a real tokenizer roughly splits JSON; the first token of
+    the rating value carries `rating_logprob`, the rest are near-certain."""
+    value_start = re.search(r'"rating"\s*:\s*"', content)
+    entries, position = [], 0
+    for token in _TOKEN.findall(content):
+        is_rating = value_start is not None and position == value_start.end()
+        logprob = rating_logprob if is_rating else -0.001
+        entries.append(
+            {
+                "token": token,
+                "logprob": logprob,
+                "bytes": list(token.encode()),
+                "top_logprobs": [{"token": token, "logprob": logprob, "bytes": None}],
+            }
+        )
+        position += len(token)
+    return {"content": entries}
 
 
 def _error_body(message: str, kind: str) -> dict[str, Any]:

@@ -44,6 +44,7 @@ def test_safe_upload_is_allowed_with_full_provenance(client, tenant, fake_vlm):
     assert result["decision"]["source"] == "model"
     [verdict] = result["verdicts"]
     assert verdict["rating"] == "safe" and verdict["confidence"] == 0.96
+    assert 0.9 < verdict["rating_probability"] < 1.0  # read from the server's logprobs
     assert verdict["model"] == "Qwen/Qwen2.5-VL-7B-Instruct"
     assert verdict["policy"] == "default" and verdict["policy_version"] == 1
     assert len(verdict["prompt_sha256"]) == 64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -37,6 +38,9 @@ def make_client(
     server: FakeVLMServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[..., VLMClient]]:
     server.reset()
+    # Only what a test passes counts: not the environment another suite set up for its worker.
+    for name in [name for name in os.environ if name.startswith("MODERATION_")]:
+        monkeypatch.delenv(name)
     # Backoff without Retry-After is random; keep it short so the suite stays fast.
     monkeypatch.setattr(vlm_client, "RETRY_BASE_DELAY_S", 0.01)
     clients: list[VLMClient] = []
@@ -448,3 +452,30 @@ def test_ping_reports_whether_the_model_server_answers(
 
     assert make_client().ping()
     assert not make_client(vlm_base_url=f"http://127.0.0.1:{closed_port}/v1").ping(timeout=0.5)
+
+
+# Log-probabilities ----------------------------------------------------------------------------
+
+
+def test_rating_probability_is_read_from_logprobs_when_asked(
+    make_client: Callable[..., VLMClient], server: FakeVLMServer
+) -> None:
+    import math
+
+    server.script("logprobs-on", [fake.verdict(VIOLENT, rating_logprob=-0.3)])
+    judgement = judge(make_client(vlm_logprobs=True), "logprobs-on")
+
+    [call] = judgement.calls
+    assert call.rating_probability == pytest.approx(math.exp(-0.3))
+    [request] = server.requests_for("logprobs-on")
+    assert request["logprobs"] is True and request["top_logprobs"] == 5
+
+
+def test_no_logprobs_are_requested_by_default(
+    make_client: Callable[..., VLMClient], server: FakeVLMServer
+) -> None:
+    judgement = judge(make_client(), "logprobs-off")
+
+    assert judgement.calls[0].rating_probability is None
+    [request] = server.requests_for("logprobs-off")
+    assert "logprobs" not in request and "top_logprobs" not in request

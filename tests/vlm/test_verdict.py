@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -8,7 +9,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from moderation.vlm.errors import InvalidVerdict
-from moderation.vlm.verdict import ModelVerdict, Violation, parse_verdict, verdict_json_schema
+from moderation.vlm.verdict import (
+    ModelVerdict,
+    Violation,
+    parse_verdict,
+    rating_probability,
+    verdict_json_schema,
+)
 
 CATEGORIES = frozenset({"violence", "harassment", "scam_spam"})
 HYPOTHESIS = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
@@ -302,3 +309,63 @@ def test_any_cut_of_a_valid_verdict_is_invalid(verdict: ModelVerdict, data: st.D
     with pytest.raises(InvalidVerdict) as caught:
         parse(body[:cut])
     assert caught.value.truncated == (cut > 0)
+
+
+# The rating token's probability ----------------------------------------------------------------
+
+
+def test_rating_probability_reads_the_first_token_of_the_value():
+    content = '{"rating": "unsafe", "confidence": 0.9}'
+    tokens = [
+        ('{"', -0.01),
+        ("rating", -0.01),
+        ('":', -0.01),
+        (' "', -0.01),
+        ("uns", -0.4),
+        ("afe", -0.01),
+        ('",', -0.01),
+        (' "confidence": 0.9}', -0.01),
+    ]
+    assert rating_probability(tokens, content) == pytest.approx(math.exp(-0.4))
+
+
+def test_rating_probability_when_a_token_spans_the_quote_and_the_value():
+    content = '{"rating": "safe"}'
+    tokens = [('{"rating":', -0.01), (' "safe', -0.2), ('"}', -0.01)]
+    assert rating_probability(tokens, content) == pytest.approx(math.exp(-0.2))
+
+
+@pytest.mark.parametrize(
+    ("tokens", "content"),
+    [
+        ([], '{"rating": "safe"}'),
+        ([("something else", -0.1)], '{"rating": "safe"}'),
+        ([('{"confidence": 1}', -0.1)], '{"confidence": 1}'),
+    ],
+)
+def test_rating_probability_is_none_without_usable_logprobs(tokens, content):
+    assert rating_probability(tokens, content) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(["safe", "unsafe"]),
+    st.text(alphabet=" \n", max_size=3),
+    st.lists(st.integers(min_value=1, max_value=60), min_size=1, max_size=30),
+)
+def test_rating_probability_finds_the_value_however_the_text_is_split(rating, space, cuts):
+    content = f'<think>ok</think>{{"rating":{space}"{rating}", "confidence": 0.9}}'
+    points = sorted({min(c, len(content)) for c in cuts} | {len(content)})
+    tokens, start = [], 0
+    for index, end in enumerate(points):
+        if end > start:
+            tokens.append((content[start:end], -index / 100))
+            start = end
+    value_at = content.index(f'"{rating}"') + 1
+    offset, expected = 0, None
+    for text, logprob in tokens:
+        if offset + len(text) > value_at:
+            expected = math.exp(logprob)
+            break
+        offset += len(text)
+    assert rating_probability(tokens, content) == pytest.approx(expected)
