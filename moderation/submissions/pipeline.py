@@ -7,6 +7,8 @@ a machine-readable reason, never in `allow`, and a run that dies is picked up by
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,6 +41,9 @@ from moderation.vlm.prompt import ModelImage
 from moderation.vlm.verdict import ModelVerdict
 
 logger = logging.getLogger(__name__)
+
+# Which process did the work, for the audit trail.
+WORKER_ACTOR = f"worker:{socket.gethostname()}:{os.getpid()}"
 
 # Time kept back from the soft limit for the final write.
 _STORE_MARGIN_S = 10.0
@@ -136,7 +141,7 @@ def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | Non
             submission.tenant_id,
             submission.id,
             "processing_started",
-            "worker",
+            WORKER_ACTOR,
             {"attempt": submission.attempts},
         )
         assert submission.lease_token is not None

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from moderation.decisions.rules import ReviewReason
 from moderation.submissions.models import Action, DecisionSource, SubmissionStatus
 
 METADATA_MAX_BYTES = 16 * 1024
@@ -81,7 +82,7 @@ class CategoryRead(BaseModel):
 class DecisionRead(BaseModel):
     action: Action
     source: DecisionSource
-    reason: str | None
+    reason: ReviewReason | None = Field(description="why the item went to review, if it did")
     detail: str | None
     categories: list[CategoryRead]
     actor: str | None
