@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from moderation.config import Settings
@@ -51,11 +52,17 @@ def _validation_problem(exc: ValidationError, where: str) -> ValidationFailed:
 async def _read_json(request: Request, settings: Settings) -> service.NewSubmission:
     # BodySizeLimit (main.py) has already capped how much of this can arrive.
     body = await request.body()
-    try:
-        parsed = SubmissionCreate.model_validate_json(body)
-    except ValidationError as exc:
-        raise _validation_problem(exc, "body") from exc
-    return service.new_submission_from_json(parsed, settings)
+
+    def parse() -> service.NewSubmission:
+        try:
+            parsed = SubmissionCreate.model_validate_json(body)
+        except ValidationError as exc:
+            raise _validation_problem(exc, "body") from exc
+        return service.new_submission_from_json(parsed, settings)
+
+    # Parsing and base64-decoding megabytes of images is CPU work: keep it off the event loop.
+    result: service.NewSubmission = await run_in_threadpool(parse)
+    return result
 
 
 async def _read_multipart(request: Request, settings: Settings) -> service.NewSubmission:
@@ -143,7 +150,7 @@ async def create_submission(
         raise UnsupportedMediaType(
             "send application/json, multipart/form-data or application/x-www-form-urlencoded"
         )
-    submission, created = await _run_sync(
+    submission, created = await run_in_threadpool(
         service.create_submission, session, principal, new, settings
     )
     if not created:
@@ -152,13 +159,6 @@ async def create_submission(
     return SubmissionAccepted(
         id=submission.id, external_id=submission.external_id, status=submission.status
     )
-
-
-async def _run_sync(func: Any, *args: Any) -> Any:
-    """Keep blocking database work off the event loop."""
-    from starlette.concurrency import run_in_threadpool
-
-    return await run_in_threadpool(func, *args)
 
 
 @router.get("", response_model=Page[SubmissionSummary])
