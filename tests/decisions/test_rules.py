@@ -13,6 +13,7 @@ from moderation.decisions.rules import ReviewReason, decide
 from moderation.policies.schemas import PolicyDocument
 from moderation.submissions.models import Action
 from moderation.vlm.verdict import ModelVerdict, Violation
+from tests.fakes.fake_vlm import CATEGORY_IDS
 
 POLICY = PolicyDocument.model_validate(
     yaml.safe_load((Path(__file__).parents[2] / "policies" / "default.yaml").read_text())
@@ -36,16 +37,7 @@ def safe(confidence: float) -> ModelVerdict:
 
 
 def test_default_policy_ships_the_spec_categories():
-    assert [c.id for c in POLICY.categories] == [
-        "sexual",
-        "child_safety",
-        "violence",
-        "hate",
-        "harassment",
-        "self_harm",
-        "weapons_drugs",
-        "scam_spam",
-    ]
+    assert [c.id for c in POLICY.categories] == list(CATEGORY_IDS)
     assert POLICY.category("child_safety").block_at == 1
     assert POLICY.min_confidence == 0.8
 
