@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import uuid
@@ -133,14 +132,16 @@ def get_version(session: Session, slug: str, version_number: int) -> PolicyVersi
     return version
 
 
+# Versions are immutable, so a parsed document is kept for the life of the process: the worker
+# reads its policy for every submission without a query or a re-parse.
+_documents: dict[uuid.UUID, PolicyDocument] = {}
+
+
 def document_for_version(session: Session, version_id: uuid.UUID) -> PolicyDocument:
-    version = repository.get_version_by_id(session, version_id)
-    if version is None:
-        raise NotFound(f"policy version {version_id} does not exist")
-    return cached_document(version.id, version.content_sha256, json.dumps(version.document))
-
-
-@functools.lru_cache(maxsize=64)
-def cached_document(version_id: uuid.UUID, digest: str, document_json: str) -> PolicyDocument:
-    """Versions are immutable, so a parsed document can be kept for the life of the process."""
-    return PolicyDocument.model_validate_json(document_json)
+    document = _documents.get(version_id)
+    if document is None:
+        version = repository.get_version_by_id(session, version_id)
+        if version is None:
+            raise NotFound(f"policy version {version_id} does not exist")
+        document = _documents[version_id] = PolicyDocument.model_validate(version.document)
+    return document

@@ -155,7 +155,7 @@ def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | Non
             policy=document_for_version(session, submission.policy_version_id),
             images=[
                 SourceImage(image.position, image.source_url, image.source_data)
-                for image in repository.images_of(session, submission.id)
+                for image in repository.images_of(session, submission.id, with_source=True)
             ],
         )
 
@@ -233,18 +233,20 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> None
             # The lease ran out and another run owns the submission now; its result stands.
             logger.warning("lease on %s lost before storing; discarding", work.submission_id)
             return
-        images = {image.position: image for image in repository.images_of(session, submission.id)}
         for result in judged.images:
-            row = images[result.position]
-            row.error = result.error
+            values: dict[str, Any] = {"error": result.error}
             if result.normalized is not None:
-                row.data = result.normalized.data
-                row.sha256 = result.normalized.sha256
-                row.width = result.normalized.width
-                row.height = result.normalized.height
-                row.mime = result.normalized.mime
-                row.source_mime = result.normalized.source_mime
-                row.tokens = result.normalized.tokens
+                image = result.normalized
+                values |= {
+                    "data": image.data,
+                    "sha256": image.sha256,
+                    "width": image.width,
+                    "height": image.height,
+                    "mime": image.mime,
+                    "source_mime": image.source_mime,
+                    "tokens": image.tokens,
+                }
+            repository.update_image(session, submission.id, result.position, values)
         for sequence, call in enumerate(judged.calls):
             session.add(_verdict_row(work, sequence, call))
             repository.add_audit_event(

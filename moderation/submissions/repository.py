@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from moderation.submissions.models import (
     Action,
@@ -95,13 +95,30 @@ def list_for_tenant(
     return list(session.scalars(query))
 
 
-def images_of(session: Session, submission_id: uuid.UUID) -> list[SubmissionImage]:
+def images_of(
+    session: Session, submission_id: uuid.UUID, *, with_source: bool = False
+) -> list[SubmissionImage]:
+    """Image rows in order; the byte columns stay unloaded unless the caller needs the source."""
+    deferred = [defer(SubmissionImage.data)]
+    if not with_source:
+        deferred.append(defer(SubmissionImage.source_data))
     return list(
         session.scalars(
             select(SubmissionImage)
             .where(SubmissionImage.submission_id == submission_id)
             .order_by(SubmissionImage.position)
+            .options(*deferred)
         )
+    )
+
+
+def update_image(
+    session: Session, submission_id: uuid.UUID, position: int, values: dict[str, Any]
+) -> None:
+    session.execute(
+        update(SubmissionImage)
+        .where(SubmissionImage.submission_id == submission_id, SubmissionImage.position == position)
+        .values(**values)
     )
 
 
