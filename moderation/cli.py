@@ -18,6 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from moderation.config import Settings, get_settings
 from moderation.core.errors import DomainError
 
@@ -41,7 +43,7 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
     print(json.dumps(payload, default=str) if args.json else text)
 
 
-def _sessions(settings: Settings) -> Any:
+def _sessions(settings: Settings) -> sessionmaker[Session]:
     from moderation.database import get_sessionmaker, resolve_database_url
 
     return get_sessionmaker(resolve_database_url(settings))

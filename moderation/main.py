@@ -18,6 +18,7 @@ from moderation.ops.router import SubmissionCollector
 from moderation.ops.router import router as ops_router
 from moderation.policies.router import router as policies_router
 from moderation.submissions.router import router as submissions_router
+from moderation.vlm.client import VLMClient
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics_registry = registry
 
         @functools.cache
-        def vlm_client():  # type: ignore[no-untyped-def]
-            from moderation.vlm.client import VLMClient
-
+        def vlm_client() -> VLMClient:
             return VLMClient(settings)
 
         app.state.vlm_client = vlm_client

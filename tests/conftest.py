@@ -8,6 +8,7 @@ uses the embedded broker, so `pytest` works on a machine with nothing but Python
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +34,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], signum: int = signal.SIGTERM, timeout: float = 30
+) -> None:
+    """Ask a child to stop the way an operator would, and kill it if it does not."""
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests outside the running stack see no MODERATION_ variables: `service_env` sets them
+    process-wide for the in-process API, and unit tests build their own Settings."""
+    if "service_env" in request.fixturenames:
+        return
+    for name in [name for name in os.environ if name.startswith("MODERATION_")]:
+        monkeypatch.delenv(name)
 
 
 def _with_database(url: str, database: str) -> str:
@@ -190,11 +212,7 @@ def worker(
             stderr=subprocess.STDOUT,
         )
     yield process
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_process(process, timeout=20)
     if os.environ.get("MODERATION_TEST_SHOW_WORKER_LOG"):
         print(log.read_text())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -23,10 +24,10 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _check(name: str, probe: Any) -> dict[str, Any]:
+def _check(name: str, probe: Callable[[], bool]) -> dict[str, Any]:
     started = time.monotonic()
     try:
-        ok = bool(probe())
+        ok = probe()
         error = None if ok else "not reachable"
     except Exception as exc:
         ok, error = False, f"{type(exc).__name__}: {exc}"

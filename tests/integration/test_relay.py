@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from datetime import timedelta
+
+import pytest
+from sqlalchemy import text as sql_text
+from sqlalchemy.exc import DBAPIError
 
 from moderation.core.time import utcnow
 from moderation.database import get_sessionmaker, session_scope
 from moderation.policies.service import active_version
+from moderation.queue import MODERATE_SUBMISSION
 from moderation.submissions import repository
 from moderation.submissions.models import Submission, SubmissionImage, SubmissionStatus
 from moderation.submissions.pipeline import PipelineRuntime, moderate_submission
 from tests.factories import TenantKeys, image_bytes, marker, wait_for_outcome
 from tests.fakes import fake_vlm as fake
+from workers.celery_app import celery_app
 
 
 def insert_without_sending(database_url: str, tenant: TenantKeys, text: str, **fields) -> uuid.UUID:
@@ -97,9 +108,6 @@ def test_running_the_task_twice_is_harmless(tenant, fake_vlm, migrated, service_
 
 
 def test_history_tables_are_append_only(migrated, tenant, fake_vlm, service_env):
-    import pytest
-    from sqlalchemy import text
-    from sqlalchemy.exc import DBAPIError
 
     submission_id = insert_without_sending(migrated, tenant, "history")
     moderate_submission(submission_id, PipelineRuntime.from_settings())
@@ -111,21 +119,13 @@ def test_history_tables_are_append_only(migrated, tenant, fake_vlm, service_env)
             pytest.raises(DBAPIError, match="append-only"),
             session_scope(get_sessionmaker(migrated)) as session,
         ):
-            session.execute(text(statement), {"id": submission_id})
+            session.execute(sql_text(statement), {"id": submission_id})
 
 
 def test_a_worker_killed_mid_model_call_loses_nothing(
     client, tenant, fake_vlm, migrated, service_env, tmp_path
 ):
     """SIGKILL a real worker while its model call is in flight; another worker finishes the job."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from moderation.queue import MODERATE_SUBMISSION
-    from workers.celery_app import celery_app
 
     case = marker()
     fake_vlm.script(case, [fake.delay(30), fake.verdict(fake.unsafe_verdict("violence", 3, 0.95))])

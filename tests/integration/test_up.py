@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_process
 from tests.factories import image_b64, marker, wait_for_outcome
 from tests.fakes import fake_vlm as fake
 
@@ -70,8 +70,4 @@ def test_up_runs_the_whole_service_from_nothing_but_python(fake_vlm, tmp_path):
             result = wait_for_outcome(client, accepted.json()["id"], headers, timeout=60)
         assert result["decision"]["action"] == "block", log.read_text()
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, signal.SIGINT, timeout=60)

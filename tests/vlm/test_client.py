@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -38,9 +37,6 @@ def make_client(
     server: FakeVLMServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[..., VLMClient]]:
     server.reset()
-    # Only what a test passes counts: not the environment another suite set up for its worker.
-    for name in [name for name in os.environ if name.startswith("MODERATION_")]:
-        monkeypatch.delenv(name)
     # Backoff without Retry-After is random; keep it short so the suite stays fast.
     monkeypatch.setattr(vlm_client, "RETRY_BASE_DELAY_S", 0.01)
     clients: list[VLMClient] = []
