@@ -71,8 +71,10 @@ class Settings(BaseSettings):
     @field_validator("fetch_allow_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        """`host:port` entries, trimmed and lowercased, from a comma-separated string or a list."""
+        parts = value.split(",") if isinstance(value, str) else value
+        if isinstance(parts, list | tuple):
+            return [str(part).strip().lower() for part in parts if str(part).strip()]
         return value
 
     @model_validator(mode="after")

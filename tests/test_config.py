@@ -49,3 +49,9 @@ def test_celery_settings_protect_against_lost_and_duplicated_work():
         < config["task_time_limit"]
         < config["broker_transport_options"]["visibility_timeout"]
     )
+
+
+def test_allow_hosts_given_as_a_list_are_normalized_too():
+    assert Settings(fetch_allow_hosts=[" CDN.example:443 ", ""]).fetch_allow_hosts == [
+        "cdn.example:443"
+    ]

@@ -99,7 +99,7 @@ def fetch_image(
     """
     deadline = _Deadline(settings.fetch_timeout_s)
     pinned_backend = _PinnedBackend(deadline)
-    allowed_hosts = {entry.strip().lower() for entry in settings.fetch_allow_hosts}
+    allowed_hosts = set(settings.fetch_allow_hosts)
     with httpx.Client(
         transport=transport or _PinnedTransport(pinned_backend),
         trust_env=False,
