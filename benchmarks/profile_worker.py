@@ -39,10 +39,11 @@ def main() -> int:
         os.environ["MODERATION_VLM_BASE_URL"] = fake.base_url
         from moderation.config import get_settings
         from moderation.database import resolve_database_url, session_scope
+        from moderation.pipeline.moderate import moderate_submission
+        from moderation.pipeline.runtime import PipelineRuntime
         from moderation.policies.service import active_version
         from moderation.schema_migrations import load_shipped_policies, upgrade_schema
         from moderation.submissions.models import Submission, SubmissionImage, SubmissionStatus
-        from moderation.submissions.pipeline import PipelineRuntime, moderate_submission
         from moderation.tenants.service import create_tenant
 
         get_settings.cache_clear()

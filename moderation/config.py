@@ -1,6 +1,6 @@
 """The one place that reads the environment.
 
-Every setting of SPEC §9 lives here, with the `MODERATION_` prefix; a `.env` file in the working
+Every setting of the service lives here, with the `MODERATION_` prefix; a `.env` file in the working
 directory is read too. Nothing else in the service looks at `os.environ`.
 """
 

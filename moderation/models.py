@@ -1,14 +1,10 @@
 """Every table, imported in one place so Alembic sees the whole schema."""
 
+from moderation.audit.models import AuditEvent
 from moderation.core.models import Base
+from moderation.decisions.models import Decision
 from moderation.policies.models import Policy, PolicyVersion
-from moderation.submissions.models import (
-    AuditEvent,
-    Decision,
-    Submission,
-    SubmissionImage,
-    Verdict,
-)
+from moderation.submissions.models import Submission, SubmissionImage, Verdict
 from moderation.tenants.models import ApiKey, Tenant
 
 __all__ = [

@@ -1,8 +1,12 @@
-"""Task names and the one way to send a task: after the transaction that made its row commits.
+"""The Celery producer: the app, its configuration, task names, and the one way to send a task.
 
-A task sent before commit can run before its row is visible; one sent without commit may point
-at nothing. A send that fails after commit loses nothing either: the row stays `queued` and the
-relay sends it again.
+A task is sent only after the transaction that made its row commits. A task sent before commit
+can run before its row is visible; one sent without commit may point at nothing. A send that
+fails after commit loses nothing either: the row stays `queued` and the relay sends it again.
+
+Postgres, not the broker, is the record of what work exists: a task only carries ids, and the
+relay re-sends anything the broker dropped. Workers register their tasks on this app by name
+(`workers/`); nothing here imports them, so the API can send tasks without loading worker code.
 """
 
 from __future__ import annotations
@@ -10,12 +14,87 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery import Celery
 from sqlalchemy import event
 from sqlalchemy.orm import Session
+
+from moderation.config import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
 MODERATE_SUBMISSION = "moderation.moderate_submission"
+
+# The modules that define tasks and periodic jobs, loaded by worker processes only.
+WORKER_MODULES = ["workers.tasks.moderation", "workers.relay"]
+
+
+def resolve_broker_url(settings: Settings) -> str:
+    if settings.broker_url:
+        return settings.broker_url
+    from moderation.embedded import embedded_broker_url
+
+    return embedded_broker_url(settings)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    broker_url = resolve_broker_url(settings)
+    transport_options: dict[str, Any] = {}
+    if broker_url.startswith(("redis://", "rediss://")):
+        # Redis hands an unacknowledged message to another worker after this long; it must
+        # outlast the hard time limit or a slow task would run twice at once.
+        transport_options["visibility_timeout"] = int(settings.broker_visibility_timeout_s)
+    # kombu's SQL transport (the embedded broker) passes its options to create_engine and has
+    # no visibility timeout: a message whose consumer died is gone, and the relay re-sends it.
+    return {
+        "broker_url": broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        # JSON only: a pickle payload from a compromised broker would be code execution.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        # Results live in Postgres; a result backend would only duplicate them.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Acknowledge after the task ran, so a crash mid-task leaves the message to redeliver,
+        # and also when the pool child dies: acks_late alone acknowledges a killed child's task.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message per slot: model calls are slow, and a prefetched message waits on a busy
+        # worker while another sits idle.
+        "worker_prefetch_multiplier": 1,
+        # Model timeout < soft limit < hard limit < visibility timeout (checked in Settings).
+        # Celery enforces these limits in prefork pools only; under the threads pool that
+        # `moderation worker` uses, the pipeline's own deadline (derived from the soft limit and
+        # passed to every model call and backoff) is what ends a task in time.
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_hard_time_limit_s,
+        "task_default_queue": settings.queue_name,
+        "task_routes": {MODERATE_SUBMISSION: {"queue": settings.queue_name}},
+        # Don't let a broker outage hang an API request: the relay sends whatever fails here.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0.1,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "timezone": "UTC",
+    }
+
+
+def create_celery_app() -> Celery:
+    app = Celery("moderation", include=WORKER_MODULES)
+    # Read lazily, when the app first needs it: importing this module neither starts the
+    # embedded database nor freezes settings before a command (or a test) has set them.
+    app.add_defaults(lambda: celery_config(get_settings()))
+    return app
+
+
+celery_app = create_celery_app()
+
 
 _PENDING = "pending_tasks"
 
@@ -29,8 +108,6 @@ def _send_pending_tasks(session: Session) -> None:
     pending: list[tuple[str, tuple[Any, ...]]] = session.info.pop(_PENDING, [])
     if not pending:
         return
-    from workers.celery_app import celery_app
-
     for task_name, args in pending:
         try:
             celery_app.send_task(task_name, args=list(args))

@@ -36,7 +36,7 @@ def test_patch_unit_follows_the_model_family(model, unit):
 
 
 def test_celery_settings_protect_against_lost_and_duplicated_work():
-    from workers.celery_app import celery_config
+    from moderation.queue import celery_config
 
     settings = Settings(broker_url="redis://127.0.0.1:6379/0")
     config = celery_config(settings)

@@ -14,7 +14,7 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
-from moderation.submissions.pipeline import requeue_stalled_submissions
+from moderation.pipeline.relay import requeue_stalled_submissions
 from workers.tasks.moderation import runtime
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Record the rating token's probability with each verdict (SPEC §4 log-probabilities).
+"""Record the rating token's probability with each verdict (from the server's log-probabilities).
 
 Revision ID: 0002
 Revises: 0001

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, func
+from sqlalchemy import DateTime, Enum, MetaData, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -32,4 +33,11 @@ class UUIDKey:
 class CreatedAt:
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+
+
+def str_enum(enum: type[StrEnum], length: int = 32) -> Enum:
+    """A StrEnum stored as its values in a VARCHAR: readable in SQL, no ALTER TYPE to add one."""
+    return Enum(
+        enum, native_enum=False, length=length, values_callable=lambda e: [m.value for m in e]
     )

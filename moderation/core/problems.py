@@ -9,12 +9,55 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from moderation.core.errors import DomainError
 
 PROBLEM_JSON = "application/problem+json"
 logger = logging.getLogger(__name__)
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: what every error of this API looks like."""
+
+    type: str = Field(examples=["https://moderation.dev/problems/not-found"])
+    title: str = Field(examples=["Not found"])
+    status: int = Field(examples=[404])
+    detail: str = Field(examples=["submission 7d0c6f4e-0000-4000-8000-000000000000 does not exist"])
+    errors: list[FieldError] | None = None
+
+
+_DESCRIPTIONS = {
+    400: "The request is malformed",
+    401: "Missing or unknown API key",
+    403: "The key's role may not do this",
+    404: "No such object for this tenant",
+    409: "Conflicts with the object's current state",
+    413: "The request body is too large",
+    415: "Unsupported content type",
+    422: "The request does not validate; `errors` names each bad field",
+    429: "Too many requests; retry after the time in `Retry-After`",
+    503: "A dependency is unavailable; retry after the time in `Retry-After`",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for the problem+json errors a route can answer."""
+    return {
+        status: {
+            "model": Problem,
+            "description": _DESCRIPTIONS.get(status, "Error"),
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }
 
 
 def problem_response(

@@ -1,4 +1,4 @@
-"""SPEC §5: turn a model verdict into an action under a policy's thresholds.
+"""Turn a model verdict into an action under a policy's thresholds.
 
 Pure functions, so the same rules serve the worker, backtests and threshold sweeps.
 """
@@ -6,26 +6,11 @@ Pure functions, so the same rules serve the worker, backtests and threshold swee
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
+from moderation.decisions.models import Action, ReviewReason
 from moderation.policies.schemas import PolicyDocument
-from moderation.submissions.models import Action
 from moderation.vlm.verdict import ModelVerdict, Violation
-
-
-class ReviewReason(StrEnum):
-    """Why a submission went to a human instead of being decided automatically."""
-
-    fetch_failed = "fetch_failed"
-    decode_failed = "decode_failed"
-    model_unavailable = "model_unavailable"
-    provider_refused = "provider_refused"
-    invalid_model_output = "invalid_model_output"
-    below_threshold = "below_threshold"
-    low_confidence = "low_confidence"
-    processing_failed = "processing_failed"
-    internal_error = "internal_error"
 
 
 @dataclass(frozen=True)

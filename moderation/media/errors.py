@@ -1,4 +1,4 @@
-"""Why an image could not be turned into model input, named after the review reasons of SPEC §5.
+"""Why an image could not be turned into model input, named after the review reasons.
 
 A submission whose image fails here is never judged by the model and never allowed: the worker
 records `reason` as the machine-readable review reason and `str(exc)` as the detail a reviewer

@@ -51,7 +51,7 @@ def readyz(request: Request) -> JSONResponse:
             return session.execute(text("SELECT 1")).scalar() == 1
 
     def broker() -> bool:
-        from workers.celery_app import celery_app
+        from moderation.queue import celery_app
 
         with celery_app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)

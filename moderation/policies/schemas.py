@@ -1,4 +1,4 @@
-"""The rubric document of SPEC §6, as written in `policies/*.yaml` and stored per version."""
+"""A policy rubric document, as written in `policies/*.yaml` and stored per version."""
 
 from __future__ import annotations
 

@@ -6,9 +6,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     DateTime,
-    Enum,
     Float,
     ForeignKey,
     Index,
@@ -21,13 +19,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from moderation.core.models import Base, CreatedAt, UUIDKey
-
-
-def _str_enum(enum: type[StrEnum], length: int = 32) -> Enum:
-    return Enum(
-        enum, native_enum=False, length=length, values_callable=lambda e: [m.value for m in e]
-    )
+from moderation.core.models import Base, CreatedAt, UUIDKey, str_enum
+from moderation.decisions.models import Action
 
 
 class SubmissionStatus(StrEnum):
@@ -35,22 +28,6 @@ class SubmissionStatus(StrEnum):
     processing = "processing"
     decided = "decided"
     in_review = "in_review"
-
-
-class Action(StrEnum):
-    allow = "allow"
-    restrict = "restrict"
-    block = "block"
-    review = "review"
-
-
-class DecisionSource(StrEnum):
-    model = "model"
-    reviewer = "reviewer"
-    hash_match = "hash_match"
-    cache = "cache"
-    # The pipeline could not judge (fetch, decode, worker lost): no model verdict stands behind it.
-    system = "system"
 
 
 class Submission(UUIDKey, CreatedAt, Base):
@@ -70,9 +47,9 @@ class Submission(UUIDKey, CreatedAt, Base):
     callback_url: Mapped[str | None] = mapped_column(String(2048))
     policy_version_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("policy_versions.id"))
 
-    status: Mapped[SubmissionStatus] = mapped_column(_str_enum(SubmissionStatus))
+    status: Mapped[SubmissionStatus] = mapped_column(str_enum(SubmissionStatus))
     # The current action, copied from the latest decision so lists can filter on it.
-    action: Mapped[Action | None] = mapped_column(_str_enum(Action))
+    action: Mapped[Action | None] = mapped_column(str_enum(Action))
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     lease_token: Mapped[uuid.UUID | None]
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -131,36 +108,3 @@ class Verdict(UUIDKey, CreatedAt, Base):
     rating_probability: Mapped[float | None] = mapped_column(Float)
     # Set when this verdict was not asked for but reused from an identical earlier prompt.
     reused_from_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("verdicts.id"))
-
-
-class Decision(UUIDKey, CreatedAt, Base):
-    """Append-only: the newest row of a submission is its current decision."""
-
-    __tablename__ = "decisions"
-    __table_args__ = (Index("ix_decisions_submission_created", "submission_id", "created_at"),)
-
-    submission_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("submissions.id", ondelete="CASCADE")
-    )
-    action: Mapped[Action] = mapped_column(_str_enum(Action))
-    source: Mapped[DecisionSource] = mapped_column(_str_enum(DecisionSource))
-    reason: Mapped[str | None] = mapped_column(String(64))
-    detail: Mapped[str | None] = mapped_column(Text)
-    categories: Mapped[list[Any]] = mapped_column(default=list)
-    actor: Mapped[str | None] = mapped_column(String(256))
-
-
-class AuditEvent(CreatedAt, Base):
-    """Append-only history of a submission (a database trigger refuses updates and deletes)."""
-
-    __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_submission", "submission_id", "id"),)
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"))
-    submission_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("submissions.id", ondelete="CASCADE")
-    )
-    event: Mapped[str] = mapped_column(String(64))
-    actor: Mapped[str] = mapped_column(String(256))
-    data: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -11,10 +11,8 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, defer
 
+from moderation.decisions.models import Action, Decision
 from moderation.submissions.models import (
-    Action,
-    AuditEvent,
-    Decision,
     Submission,
     SubmissionImage,
     SubmissionStatus,
@@ -150,16 +148,6 @@ def decisions_of(session: Session, submission_id: uuid.UUID) -> list[Decision]:
     )
 
 
-def audit_of(session: Session, submission_id: uuid.UUID) -> list[AuditEvent]:
-    return list(
-        session.scalars(
-            select(AuditEvent)
-            .where(AuditEvent.submission_id == submission_id)
-            .order_by(AuditEvent.id)
-        )
-    )
-
-
 def claim(session: Session, submission_id: uuid.UUID, lease: timedelta) -> Submission | None:
     """Take the work if nobody holds a live lease on it; a second delivery gets None."""
     now = func.now()
@@ -249,22 +237,3 @@ def stalled(session: Session, *, grace: timedelta, limit: int) -> list[Submissio
 def try_relay_lock(session: Session) -> bool:
     """Only one relay sweeps at a time, however many workers run one."""
     return bool(session.scalar(select(func.pg_try_advisory_xact_lock(0x6D6F6465))))
-
-
-def add_audit_event(
-    session: Session,
-    tenant_id: uuid.UUID,
-    submission_id: uuid.UUID,
-    event: str,
-    actor: str,
-    data: dict[str, Any] | None = None,
-) -> None:
-    session.add(
-        AuditEvent(
-            tenant_id=tenant_id,
-            submission_id=submission_id,
-            event=event,
-            actor=actor,
-            data=data or {},
-        )
-    )

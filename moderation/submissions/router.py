@@ -14,8 +14,9 @@ from moderation.config import Settings
 from moderation.core.errors import UnsupportedMediaType, ValidationFailed
 from moderation.core.pagination import Page
 from moderation.database import DbSession
+from moderation.decisions.models import Action
 from moderation.submissions import service
-from moderation.submissions.models import Action, SubmissionStatus
+from moderation.submissions.models import SubmissionStatus
 from moderation.submissions.schemas import (
     AuditEventRead,
     SubmissionAccepted,

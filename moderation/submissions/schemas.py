@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from moderation.decisions.rules import ReviewReason
-from moderation.submissions.models import Action, DecisionSource, SubmissionStatus
+from moderation.decisions.models import Action, DecisionSource, ReviewReason
+from moderation.submissions.models import SubmissionStatus
 
 METADATA_MAX_BYTES = 16 * 1024
 
@@ -99,7 +99,7 @@ class ViolationRead(BaseModel):
 
 
 class VerdictRead(BaseModel):
-    """One model call: the §4 verdict when it parsed, and its full provenance either way."""
+    """One model call: the verdict when it parsed, and its full provenance either way."""
 
     rating: Literal["safe", "unsafe"] | None
     confidence: float | None

@@ -1,4 +1,4 @@
-"""Ingest and read submissions. The moderation pipeline itself is in pipeline.py."""
+"""Ingest and read submissions. The moderation itself is in moderation.pipeline."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from moderation.audit import service as audit
 from moderation.config import Settings
 from moderation.core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from moderation.core.pagination import Page, decode_cursor, encode_cursor
+from moderation.decisions.models import Action, Decision
 from moderation.policies import service as policies
 from moderation.policies.models import Policy, PolicyVersion
 from moderation.queue import MODERATE_SUBMISSION, enqueue_after_commit
 from moderation.submissions import repository
 from moderation.submissions.models import (
-    Action,
-    Decision,
     Submission,
     SubmissionImage,
     SubmissionStatus,
@@ -155,7 +155,7 @@ def create_submission(
         )
         if submission_id is not None:
             _store_new_images(session, submission_id, new.images)
-            repository.add_audit_event(
+            audit.record_event(
                 session,
                 principal.tenant_id,
                 submission_id,
@@ -163,9 +163,7 @@ def create_submission(
                 principal.actor,
                 {"images": len(new.images), "policy_version": version.version},
             )
-            repository.add_audit_event(
-                session, principal.tenant_id, submission_id, "queued", "system", {}
-            )
+            audit.record_event(session, principal.tenant_id, submission_id, "queued", "system", {})
             enqueue_after_commit(session, MODERATE_SUBMISSION, str(submission_id))
             submission = repository.get(session, submission_id)
             assert submission is not None
@@ -330,5 +328,5 @@ def audit_trail(
     get_submission(session, principal, submission_id)
     return [
         AuditEventRead.model_validate(event, from_attributes=True)
-        for event in repository.audit_of(session, submission_id)
+        for event in audit.events_of(session, submission_id)
     ]

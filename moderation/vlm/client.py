@@ -3,7 +3,7 @@
 The OpenAI SDK's own retries are switched off and its ten-minute default timeout replaced:
 transient failures are retried here, with backoff and jitter, within the caller's deadline, so
 a model call always ends before the task's soft time limit. Every exchange is kept as a
-`ModelCall`, because SPEC §2 step 8 stores each one (raw output, tokens, latency) as evidence.
+`ModelCall`, because the pipeline stores each one (raw output, tokens, latency) as evidence.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class ModelCall:
 
 @dataclass(frozen=True)
 class Judgement:
-    """A verdict, or the SPEC §5 review reason why there is none, with every call it took."""
+    """A verdict, or the review reason why there is none, with every call it took."""
 
     verdict: ModelVerdict | None
     calls: list[ModelCall]

@@ -1,4 +1,4 @@
-"""Ways a model call can fail, named after the review reasons of SPEC §5.
+"""Ways a model call can fail, named after the review reasons a submission can carry.
 
 `VLMClient.judge` never lets these escape: it turns them into `Judgement.failure_reason`, so a
 submission the model could not judge goes to review instead of failing its task.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 class InvalidVerdict(Exception):
-    """The reply held no verdict that satisfies SPEC §4.
+    """The reply held no verdict that satisfies the verdict schema.
 
     `truncated` tells a reply that was cut off (worth asking again for a shorter answer) from one
     that was complete but wrong; the message is written so it can be shown to the model.

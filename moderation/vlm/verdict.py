@@ -1,4 +1,4 @@
-"""The SPEC §4 verdict: its schema, and a parser for what real Qwen-VL servers actually return.
+"""The model's verdict: its schema, and a parser for what real Qwen-VL servers actually return.
 
 Models wrap the object in ```json fences, put `<think>…</think>` reasoning before it (thinking
 variants often emit only the closing tag), add prose around it, or stop mid-object at

@@ -1,4 +1,4 @@
-"""SPEC §5 decision rules, as pure logic."""
+"""The decision rules, as pure logic."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moderation.decisions.rules import ReviewReason, decide
+from moderation.decisions.models import Action, ReviewReason
+from moderation.decisions.rules import decide
 from moderation.policies.schemas import PolicyDocument
-from moderation.submissions.models import Action
 from moderation.vlm.verdict import ModelVerdict, Violation
 from tests.fakes.fake_vlm import CATEGORY_IDS
 

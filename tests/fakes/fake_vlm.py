@@ -31,7 +31,7 @@ from moderation.vlm.verdict import ModelVerdict
 Wrap = Literal["plain", "fenced", "think", "think_close_only", "prose"]
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-# The default policy's category ids (SPEC §6): every verdict this fake makes up uses one of them.
+# The default policy's category ids: every verdict this fake makes up uses one of them.
 CATEGORY_IDS = (
     "sexual",
     "child_safety",

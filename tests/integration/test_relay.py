@@ -14,16 +14,17 @@ import pytest
 from sqlalchemy import text as sql_text
 from sqlalchemy.exc import DBAPIError
 
+from moderation.audit.service import events_of
 from moderation.core.time import utcnow
 from moderation.database import get_sessionmaker, session_scope
+from moderation.pipeline.moderate import moderate_submission
+from moderation.pipeline.runtime import PipelineRuntime
 from moderation.policies.service import active_version
-from moderation.queue import MODERATE_SUBMISSION
+from moderation.queue import MODERATE_SUBMISSION, celery_app
 from moderation.submissions import repository
 from moderation.submissions.models import Submission, SubmissionImage, SubmissionStatus
-from moderation.submissions.pipeline import PipelineRuntime, moderate_submission
 from tests.factories import TenantKeys, image_bytes, marker, wait_for_outcome
 from tests.fakes import fake_vlm as fake
-from workers.celery_app import celery_app
 
 
 def insert_without_sending(database_url: str, tenant: TenantKeys, text: str, **fields) -> uuid.UUID:
@@ -55,7 +56,7 @@ def test_a_lost_message_is_resent_by_the_relay(client, tenant, fake_vlm, migrate
     result = wait_for_outcome(client, str(submission_id), tenant.headers(), timeout=30)
     assert result["decision"]["action"] == "block"
     with session_scope(get_sessionmaker(migrated)) as session:
-        events = [e.event for e in repository.audit_of(session, submission_id)]
+        events = [e.event for e in events_of(session, submission_id)]
     assert "requeued" in events
 
 
@@ -163,5 +164,5 @@ def test_a_worker_killed_mid_model_call_loses_nothing(
     assert result["decision"]["action"] == "block"
     assert result["attempts"] == 2
     with session_scope(get_sessionmaker(migrated)) as session:
-        events = [e.event for e in repository.audit_of(session, submission_id)]
+        events = [e.event for e in events_of(session, submission_id)]
     assert events.count("processing_started") == 2 and "requeued" in events

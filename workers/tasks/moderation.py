@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 import uuid
 
-from moderation.queue import MODERATE_SUBMISSION
-from moderation.submissions.pipeline import PipelineRuntime, moderate_submission
-from workers.celery_app import celery_app
+from moderation.pipeline.moderate import moderate_submission
+from moderation.pipeline.runtime import PipelineRuntime
+from moderation.queue import MODERATE_SUBMISSION, celery_app
 
 _runtime: PipelineRuntime | None = None
 _runtime_lock = threading.Lock()

@@ -1,0 +1,158 @@
+"""Running the service: `up`, `api`, `worker`, `migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from moderation.cli.base import add_command, emit, sessions
+from moderation.config import Settings, get_settings
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
+    from moderation.database import resolve_database_url, session_scope
+    from moderation.schema_migrations import load_shipped_policies, upgrade_schema
+
+    url = resolve_database_url(settings)
+    upgrade_schema(url)
+    with session_scope(sessions(settings)) as session:
+        loaded = load_shipped_policies(session)
+    policies = [{"id": v.id, "version": v.version, "created": created} for v, created in loaded]
+    emit(
+        args,
+        {"migrated": True, "policies": policies},
+        f"schema at head; {len(policies)} shipped policies present",
+    )
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
+    from moderation.main import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.api_host,
+        port=args.port or settings.api_port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+    )
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
+    from moderation.queue import celery_app
+
+    # Threads, not processes: a worker spends its time waiting on the model server, so one
+    # process keeps many calls in flight (MODERATION_VLM_MAX_CONCURRENCY). --concurrency is the
+    # same number, so the pipeline sizes its connection pool from it too.
+    if args.concurrency:
+        os.environ["MODERATION_VLM_MAX_CONCURRENCY"] = str(args.concurrency)
+        get_settings.cache_clear()
+        settings = get_settings()
+    concurrency = settings.vlm_max_concurrency
+    celery_app.worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={concurrency}",
+            f"--loglevel={settings.log_level.upper()}",
+            f"--queues={settings.queue_name}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+def _local_credentials(settings: Settings) -> dict[str, str]:
+    """The local tenant and keys `up` prints; created once, kept in the data directory."""
+    from moderation.database import session_scope
+    from moderation.tenants.models import Role
+    from moderation.tenants.service import create_api_key, create_tenant
+
+    path = settings.data_dir / "local-credentials.json"
+    if path.exists():
+        stored: dict[str, str] = json.loads(path.read_text())
+        return stored
+    with session_scope(sessions(settings)) as session:
+        tenant = create_tenant(session, "local")
+        credentials = {"tenant_id": str(tenant.id)}
+        for role in (Role.ingest, Role.reviewer, Role.admin):
+            credentials[f"{role.value}_key"] = create_api_key(session, tenant.id, role).secret
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(credentials, indent=2))
+    path.chmod(0o600)
+    return credentials
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
+    from moderation.database import resolve_database_url
+
+    database_url = resolve_database_url(settings)
+    os.environ["MODERATION_DATABASE_URL"] = database_url
+    from moderation.queue import resolve_broker_url
+
+    broker_url = resolve_broker_url(settings)
+    os.environ["MODERATION_BROKER_URL"] = broker_url
+    get_settings.cache_clear()
+    settings = get_settings()
+
+    cmd_migrate(argparse.Namespace(json=False), settings)
+    credentials = _local_credentials(settings)
+    worker = subprocess.Popen([sys.executable, "-m", "moderation", "worker"], env=os.environ.copy())
+    host, port = args.host or settings.api_host, args.port or settings.api_port
+    base = f"http://{host}:{port}"
+    embedded = "embedded PostgreSQL" if "host=/" in database_url else "PostgreSQL"
+    broker = "embedded broker (PostgreSQL)" if broker_url.startswith("sqla+") else "Redis"
+    body = json.dumps({"external_id": "hello-1", "text": "hello world"})
+    print(
+        f"\nmoderation is up at {base}  (docs: {base}/docs)\n"
+        f"  database: {embedded}; broker: {broker}; model: {settings.vlm_base_url}\n"
+        f"  keys (also in {settings.data_dir / 'local-credentials.json'}):\n"
+        f"    ingest   {credentials['ingest_key']}\n"
+        f"    reviewer {credentials['reviewer_key']}\n"
+        f"    admin    {credentials['admin_key']}\n\n"
+        f"  curl -s -X POST {base}/v1/submissions "
+        f"-H 'Authorization: Bearer {credentials['ingest_key']}' "
+        f"-H 'Content-Type: application/json' -d {shlex.quote(body)}\n",
+        flush=True,
+    )
+    # uvicorn re-raises the signal that stopped it once it has shut down; turning SIGTERM into
+    # SystemExit lets the worker be stopped and the embedded database shut down cleanly.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        cmd_api(argparse.Namespace(host=host, port=port), settings)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def register(commands: Any) -> None:
+    up = add_command(
+        commands, "up", cmd_up, "migrate, then run API, worker and relay on this machine"
+    )
+    api = add_command(commands, "api", cmd_api, "run the HTTP API")
+    for command in (up, api):
+        command.add_argument("--host")
+        command.add_argument("--port", type=int)
+    worker = add_command(commands, "worker", cmd_worker, "run a Celery worker (and the relay)")
+    worker.add_argument("--concurrency", type=int, help="model calls in flight (threads)")
+    add_command(
+        commands,
+        "migrate",
+        cmd_migrate,
+        "migrate the schema, load shipped policies",
+        json_flag=True,
+    )

@@ -1,0 +1,67 @@
+"""`tenants` and `keys`: who may call the API, and with which role."""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from typing import Any
+
+from moderation.cli.base import CommandFailed, add_command, emit, sessions
+from moderation.config import Settings
+
+
+def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> None:
+    from moderation.database import session_scope
+    from moderation.tenants.service import create_tenant
+
+    with session_scope(sessions(settings)) as session:
+        tenant = create_tenant(
+            session, args.name, callback_url=args.callback_url, inbound_signing=args.inbound_signing
+        )
+        secrets = {"webhook_secret": tenant.webhook_secret}
+        if tenant.inbound_secret:
+            secrets["inbound_secret"] = tenant.inbound_secret
+        payload = {"id": tenant.id, "name": tenant.name, "secrets": secrets}
+    lines = [f"tenant {payload['id']} ({args.name})"] + [f"{k}: {v}" for k, v in secrets.items()]
+    emit(args, payload, "\n".join(lines))
+
+
+def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> None:
+    from moderation.database import session_scope
+    from moderation.tenants.models import Role
+    from moderation.tenants.service import create_api_key
+
+    try:
+        tenant_id = uuid.UUID(args.tenant)
+    except ValueError as exc:
+        raise CommandFailed(f"--tenant must be a tenant id (a UUID), got {args.tenant!r}") from exc
+    with session_scope(sessions(settings)) as session:
+        issued = create_api_key(session, tenant_id, Role(args.role))
+        payload = {
+            "id": issued.key.id,
+            "tenant_id": tenant_id,
+            "role": args.role,
+            "key": issued.secret,
+        }
+    emit(args, payload, f"{args.role} key (shown once, store it now): {issued.secret}")
+
+
+def register(commands: Any) -> None:
+    tenants = commands.add_parser("tenants", help="manage tenants").add_subparsers(
+        dest="action", required=True
+    )
+    create_tenant = add_command(
+        tenants, "create", cmd_tenants_create, "create a tenant", json_flag=True
+    )
+    create_tenant.add_argument("name")
+    create_tenant.add_argument("--callback-url")
+    create_tenant.add_argument(
+        "--inbound-signing", action="store_true", help="require signed inbound webhooks"
+    )
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="action", required=True
+    )
+    create_key = add_command(keys, "create", cmd_keys_create, "create an API key", json_flag=True)
+    create_key.add_argument("--tenant", required=True, help="tenant id")
+    create_key.add_argument("--role", required=True, choices=["ingest", "reviewer", "admin"])

@@ -1,0 +1,1 @@
+"""The worker's path from a queued submission to a stored decision."""
