@@ -14,7 +14,7 @@ from moderation.config import Settings, get_settings
 from moderation.core.limits import BodySizeLimit
 from moderation.core.problems import install_problem_handlers
 from moderation.database import get_sessionmaker, resolve_database_url
-from moderation.ops.router import SubmissionCollector
+from moderation.ops.router import ShadowCollector, SubmissionCollector
 from moderation.ops.router import router as ops_router
 from moderation.policies.router import router as policies_router
 from moderation.submissions.router import router as submissions_router
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = factory
         registry = CollectorRegistry()
         registry.register(SubmissionCollector(factory))
+        registry.register(ShadowCollector(factory))
         app.state.metrics_registry = registry
 
         @functools.cache

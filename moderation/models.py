@@ -2,8 +2,8 @@
 
 from moderation.audit.models import AuditEvent
 from moderation.core.models import Base
-from moderation.decisions.models import Decision
-from moderation.policies.models import Policy, PolicyVersion
+from moderation.decisions.models import Decision, ShadowOutcome
+from moderation.policies.models import Policy, PolicyVersion, ShadowUsage
 from moderation.submissions.models import Submission, SubmissionImage, Verdict
 from moderation.tenants.models import ApiKey, Tenant
 
@@ -14,6 +14,8 @@ __all__ = [
     "Decision",
     "Policy",
     "PolicyVersion",
+    "ShadowOutcome",
+    "ShadowUsage",
     "Submission",
     "SubmissionImage",
     "Tenant",

@@ -29,6 +29,7 @@ class TenantKeys:
 
 
 def make_tenant(database_url: str, name: str = "acme") -> TenantKeys:
+    """A tenant with a key per role and its own copy of the policy templates, active."""
     with session_scope(get_sessionmaker(database_url)) as session:
         tenant = create_tenant(session, name)
         keys = {role: create_api_key(session, tenant.id, role).secret for role in Role}

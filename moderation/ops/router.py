@@ -9,11 +9,12 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from moderation.policies.service import shadow_usage_totals
 from moderation.submissions.models import Submission
 
 router = APIRouter(tags=["operations"])
@@ -99,6 +100,30 @@ class SubmissionCollector(Collector):
         oldest.add_metric([], float(age or 0.0))
         yield by_status
         yield oldest
+
+
+class ShadowCollector(Collector):
+    """Shadow policy runs, from the per-tenant daily budget rows every worker writes."""
+
+    def __init__(self, factory: sessionmaker[Session]) -> None:
+        self.factory = factory
+
+    def collect(self) -> Any:
+        with self.factory() as session:
+            calls, skipped, failed = shadow_usage_totals(session)
+        made = CounterMetricFamily(
+            "moderation_shadow_model_calls", "Model calls made for shadow policy versions"
+        )
+        made.add_metric([], float(calls))
+        not_run = CounterMetricFamily(
+            "moderation_shadow_runs_skipped",
+            "Shadow runs not made or not finished; the live decision stood either way",
+            labels=["reason"],
+        )
+        not_run.add_metric(["daily_cap"], float(skipped))
+        not_run.add_metric(["failed"], float(failed))
+        yield made
+        yield not_run
 
 
 @router.get("/metrics", response_class=Response)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from moderation.core.errors import Forbidden, NotFound, Unauthorized
+from moderation.policies.service import install_templates
 from moderation.tenants import repository
 from moderation.tenants.models import ApiKey, Role, Tenant
 
@@ -47,20 +48,36 @@ def hash_api_key(secret: str) -> str:
 
 
 def create_tenant(
-    session: Session, name: str, *, callback_url: str | None = None, inbound_signing: bool = False
+    session: Session,
+    name: str,
+    *,
+    callback_url: str | None = None,
+    inbound_signing: bool = False,
+    with_policy_templates: bool = True,
 ) -> Tenant:
+    """A new tenant owns a copy of each shipped policy template, active, so it can submit at
+    once; its admins then version those copies without touching any other tenant's."""
     tenant = Tenant(
         name=name,
         callback_url=callback_url,
         webhook_secret=new_webhook_secret(),
         inbound_secret=new_webhook_secret() if inbound_signing else None,
     )
-    return repository.add_tenant(session, tenant)
+    repository.add_tenant(session, tenant)
+    if with_policy_templates:
+        install_templates(session, tenant.id)
+    return tenant
+
+
+def get_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant:
+    tenant = repository.get_tenant(session, tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id} does not exist")
+    return tenant
 
 
 def create_api_key(session: Session, tenant_id: uuid.UUID, role: Role) -> IssuedKey:
-    if repository.get_tenant(session, tenant_id) is None:
-        raise NotFound(f"tenant {tenant_id} does not exist")
+    get_tenant(session, tenant_id)
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
         tenant_id=tenant_id, role=role, key_sha256=hash_api_key(secret), prefix=secret[:11]
