@@ -13,6 +13,8 @@ import httpx
 from PIL import Image
 
 from moderation.database import get_sessionmaker, session_scope
+from moderation.policies.service import version_for_submission
+from moderation.submissions.models import Submission, SubmissionImage, SubmissionStatus
 from moderation.tenants.models import Role
 from moderation.tenants.service import create_api_key, create_tenant
 
@@ -39,6 +41,35 @@ def make_tenant(database_url: str, name: str = "acme") -> TenantKeys:
         reviewer=keys[Role.reviewer],
         admin=keys[Role.admin],
     )
+
+
+def make_submission(
+    database_url: str,
+    tenant: TenantKeys,
+    text: str,
+    *,
+    policy: str | None = None,
+    images: int = 1,
+    **fields: Any,
+) -> uuid.UUID:
+    """A queued submission whose task was never sent: a test runs the pipeline on it itself."""
+    with session_scope(get_sessionmaker(database_url)) as session:
+        submission = Submission(
+            tenant_id=tenant.tenant_id,
+            external_id=marker(),
+            payload_sha256="0" * 64,
+            text=text,
+            metadata_={},
+            policy_version_id=version_for_submission(session, tenant.tenant_id, policy).id,
+            **{"status": SubmissionStatus.queued, "attempts": 0, **fields},
+        )
+        session.add(submission)
+        session.flush()
+        session.add_all(
+            SubmissionImage(submission_id=submission.id, position=n, source_data=image_bytes())
+            for n in range(images)
+        )
+        return submission.id
 
 
 def image_bytes(
