@@ -17,6 +17,9 @@ from moderation.database import get_sessionmaker, resolve_database_url
 from moderation.ops.router import SubmissionCollector
 from moderation.ops.router import router as ops_router
 from moderation.policies.router import router as policies_router
+from moderation.review.metrics import ReviewCollector
+from moderation.review.router import appeals_router
+from moderation.review.router import router as review_router
 from moderation.submissions.router import router as submissions_router
 from moderation.vlm.client import VLMClient
 
@@ -33,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = factory
         registry = CollectorRegistry()
         registry.register(SubmissionCollector(factory))
+        registry.register(ReviewCollector(factory))
         app.state.metrics_registry = registry
 
         @functools.cache
@@ -55,4 +59,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops_router)
     app.include_router(submissions_router)
     app.include_router(policies_router)
+    app.include_router(review_router)
+    app.include_router(appeals_router)
     return app
