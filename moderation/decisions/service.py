@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func
 from sqlalchemy.orm import Session
 
 from moderation.audit.service import record_event
@@ -96,9 +95,9 @@ def _settle_review_tasks(
             policy_version_id=submission.policy_version_id,
             categories=decision.categories,
             max_severity=max_severity(decision.categories),
-            due_at=func.now() + timedelta(minutes=policy.review_sla_minutes),
             decision_id=decision.id,
         ),
+        due_in=timedelta(minutes=policy.review_sla_minutes),
     )
 
 

@@ -46,7 +46,12 @@ def database_now(session: Session) -> datetime:
     return now
 
 
-def add_task(session: Session, task: ReviewTask) -> ReviewTask:
+def add_task(
+    session: Session, task: ReviewTask, *, due_in: timedelta | None = None
+) -> ReviewTask:
+    """Store a new task; `due_in` starts its SLA clock on the database's time, like created_at."""
+    if due_in is not None:
+        task.due_at = func.now() + due_in
     session.add(task)
     session.flush()
     return task
@@ -107,15 +112,16 @@ def claimable(
     kind: TaskKind | None,
     reviewer_key_id: uuid.UUID,
     reviewer_name: str | None,
-) -> list[ReviewTask]:
-    """Lock the most urgent waiting tasks nobody else is locking right now.
+) -> tuple[list[ReviewTask], datetime]:
+    """Lock the most urgent waiting tasks nobody else is locking right now, with the clock the
+    new leases start from.
 
     SKIP LOCKED lets concurrent claimers each take different rows instead of queueing behind
     one another; a row another claimer just took no longer matches when re-checked, so two
     reviewers never get the same task. Appeals the caller decided before are left for others.
     """
     query = (
-        select(ReviewTask)
+        select(ReviewTask, func.now())
         .where(ReviewTask.tenant_id == tenant_id, _waiting())
         .where(
             or_(
@@ -125,7 +131,7 @@ def claimable(
         )
         .order_by(ReviewTask.priority.desc(), ReviewTask.created_at, ReviewTask.id)
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True, of=ReviewTask)
     )
     if reviewer_name is not None:
         query = query.where(
@@ -135,7 +141,10 @@ def claimable(
         query = query.where(ReviewTask.kind != TaskKind.escalation)
     if kind is not None:
         query = query.where(ReviewTask.kind == kind)
-    return list(session.scalars(query))
+    rows = session.execute(query).all()
+    if not rows:
+        return [], database_now(session)
+    return [row[0] for row in rows], rows[0][1]
 
 
 def _filtered(tenant_id: uuid.UUID, filters: QueueFilter) -> Any:

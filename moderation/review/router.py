@@ -86,7 +86,11 @@ def claim_tasks(
     return service.claim_tasks(session, principal, body, _settings(request))
 
 
-@router.get("/tasks/{task_id}", response_model=ReviewTaskRead, responses=_TASK_ERRORS)
+@router.get(
+    "/tasks/{task_id}",
+    response_model=ReviewTaskRead,
+    responses=problem_responses(401, 403, 404, 422),
+)
 def read_task(task_id: uuid.UUID, session: DbSession, principal: Reviewer) -> ReviewTaskRead:
     return service.read_task(session, principal, task_id)
 

@@ -173,7 +173,7 @@ def claim_tasks(
     if request.kind is TaskKind.escalation and not _is_admin(principal):
         raise Forbidden("escalated tasks are for admins to decide")
     lease = _lease(settings, request.lease_seconds)
-    tasks = repository.claimable(
+    tasks, now = repository.claimable(
         session,
         principal.tenant_id,
         limit=request.limit,
@@ -182,7 +182,6 @@ def claim_tasks(
         reviewer_key_id=principal.key_id,
         reviewer_name=principal.name,
     )
-    now = repository.database_now(session)
     for task in tasks:
         if task.status is TaskStatus.claimed:
             _record_expiry(session, task)
@@ -193,7 +192,7 @@ def claim_tasks(
         task.lease_expires_at = now + lease
         _record(session, task, "claimed", principal.actor, {"lease_expires_at": now + lease})
     session.flush()
-    return ClaimResult(items=present_tasks(session, tasks))
+    return ClaimResult(items=present_tasks(session, tasks, now=now))
 
 
 def _record_expiry(session: Session, task: ReviewTask) -> None:
@@ -450,7 +449,6 @@ def appeal_submission(
     decider = repository.task_that_made(session, decision.id)
     policy = document_for_version(session, submission.policy_version_id)
     categories = list(decision.categories)
-    now = repository.database_now(session)
     task = repository.add_task(
         session,
         ReviewTask(
@@ -464,12 +462,12 @@ def appeal_submission(
             policy_version_id=submission.policy_version_id,
             categories=categories,
             max_severity=max_severity(categories),
-            due_at=now + timedelta(minutes=policy.review_sla_minutes),
             notes=request.reason,
             decision_id=decision.id,
             excluded_key_id=decider.claimed_by_key_id if decider else None,
             excluded_name=decider.claimed_by_name if decider else None,
         ),
+        due_in=timedelta(minutes=policy.review_sla_minutes),
     )
     _record(
         session,
@@ -502,7 +500,9 @@ def _state(task: ReviewTask) -> TaskState:
     )
 
 
-def present_tasks(session: Session, tasks: list[ReviewTask]) -> list[ReviewTaskRead]:
+def present_tasks(
+    session: Session, tasks: list[ReviewTask], *, now: datetime | None = None
+) -> list[ReviewTaskRead]:
     """Tasks with their submission, images, verdicts, policy, decisions and appeals, read in a
     fixed number of queries whatever the page size."""
     if not tasks:
@@ -514,7 +514,7 @@ def present_tasks(session: Session, tasks: list[ReviewTask]) -> list[ReviewTaskR
     decisions = repository.decisions_by_submission(session, submission_ids)
     history = repository.tasks_by_submission(session, submission_ids)
     slugs = repository.policy_slugs(session, list({task.policy_version_id for task in tasks}))
-    now = repository.database_now(session)
+    now = now or repository.database_now(session)
     return [
         _present_task(
             task,

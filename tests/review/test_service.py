@@ -281,9 +281,7 @@ def test_renew_and_release(tx, tenant_id, settings):
         )
     assert state.lease_expires_at > before
     with pytest.raises(ValidationFailed), tx() as session:
-        service.renew_lease(
-            session, alice, task.id, RenewRequest(lease_seconds=10**6), settings
-        )
+        service.renew_lease(session, alice, task.id, RenewRequest(lease_seconds=10**6), settings)
     with tx() as session:
         released = service.release_task(session, admin, task.id)  # the shift lead's override
     assert released.status is TaskStatus.open and released.claimed_by is None
