@@ -46,9 +46,7 @@ def database_now(session: Session) -> datetime:
     return now
 
 
-def add_task(
-    session: Session, task: ReviewTask, *, due_in: timedelta | None = None
-) -> ReviewTask:
+def add_task(session: Session, task: ReviewTask, *, due_in: timedelta | None = None) -> ReviewTask:
     """Store a new task; `due_in` starts its SLA clock on the database's time, like created_at."""
     if due_in is not None:
         task.due_at = func.now() + due_in

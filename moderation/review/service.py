@@ -514,6 +514,11 @@ def present_tasks(
     decisions = repository.decisions_by_submission(session, submission_ids)
     history = repository.tasks_by_submission(session, submission_ids)
     slugs = repository.policy_slugs(session, list({task.policy_version_id for task in tasks}))
+    # A page usually shares one or two policy versions: present each once.
+    policies = {
+        version_id: _present_policy(document_for_version(session, version_id), slug)
+        for version_id, slug in slugs.items()
+    }
     now = now or repository.database_now(session)
     return [
         _present_task(
@@ -527,8 +532,7 @@ def present_tasks(
             ],
             decisions.get(task.submission_id, []),
             history.get(task.submission_id, []),
-            document_for_version(session, task.policy_version_id),
-            slugs[task.policy_version_id],
+            policies[task.policy_version_id],
             now,
         )
         for task in tasks
@@ -542,8 +546,7 @@ def _present_task(
     verdicts: list[Verdict],
     decisions: list[Decision],
     history: list[ReviewTask],
-    policy: PolicyDocument,
-    slug: str,
+    policy: ReviewPolicy,
     now: datetime,
 ) -> ReviewTaskRead:
     lapsed = (
@@ -578,7 +581,7 @@ def _present_task(
             images=[_present_image(submission.id, image) for image in images],
             created_at=submission.created_at,
         ),
-        policy=_present_policy(policy, slug),
+        policy=policy,
         verdicts=[_present_verdict(verdict) for verdict in verdicts],
         decisions=[_present_decision(decision) for decision in decisions],
         appeals=[
