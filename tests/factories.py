@@ -238,3 +238,18 @@ def expire_lease(session: Session, task_id: uuid.UUID) -> None:
         .where(ReviewTask.id == task_id)
         .values(lease_expires_at=func.now() - timedelta(seconds=1))
     )
+
+
+def hold_task(session: Session, task_id: uuid.UUID, principal: Principal) -> None:
+    """Give one particular task to a reviewer, as if their claim had picked it."""
+    session.execute(
+        update(ReviewTask)
+        .where(ReviewTask.id == task_id)
+        .values(
+            status=TaskStatus.claimed,
+            claimed_by_key_id=principal.key_id,
+            claimed_by_name=principal.name,
+            claimed_at=func.now(),
+            lease_expires_at=func.now() + timedelta(hours=1),
+        )
+    )

@@ -31,10 +31,12 @@ from moderation.tenants.service import Principal
 from tests.factories import (
     age_task,
     expire_lease,
+    hold_task,
     make_decided_submission,
     make_principal,
     make_review_task,
     make_submission,
+    make_tenant_row,
     waiting_task,
 )
 
@@ -128,14 +130,9 @@ def test_queue_order_appeals_then_escalations_then_child_safety_then_severity_th
     assert claimed == child.id  # child safety outranks severity among reviews
     with tx() as session:
         service.release_task(session, reviewer, child.id)
-        age_task(session, to_escalate.id, created_ago=0, due_in=3600)
-    # Put scam_spam at the back, then escalate it: escalations outrank every review.
+    # Escalate the least urgent review: escalations outrank every review.
     with tx() as session:
-        task = session.get(ReviewTask, to_escalate.id)
-        task.status = TaskStatus.claimed
-        task.claimed_by_key_id = reviewer.key_id
-        task.claimed_at = task.created_at
-        task.lease_expires_at = task.created_at + timedelta(hours=1)
+        hold_task(session, to_escalate.id, reviewer)
     with tx() as session:
         escalation = service.escalate_task(
             session, reviewer, to_escalate.id, EscalateRequest(notes="needs an admin")
@@ -419,11 +416,7 @@ def test_appeals_rules(tx, tenant_id, settings):
     assert claim(tx, alice, settings) == []
     assert claim(tx, alice_again, settings) == []
     with tx() as session:
-        stored = session.get(ReviewTask, opened.id)
-        stored.status = TaskStatus.claimed
-        stored.claimed_by_key_id = alice.key_id
-        stored.claimed_at = stored.created_at
-        stored.lease_expires_at = stored.created_at + timedelta(hours=1)
+        hold_task(session, opened.id, alice)
     with pytest.raises(Forbidden):
         decide(tx, alice, opened.id)
     with pytest.raises(Forbidden):
@@ -465,8 +458,6 @@ def test_an_escalated_appeal_is_still_an_appeal(tx, tenant_id, settings):
 def test_another_tenants_tasks_are_not_found(tx, tenant_id, settings):
     with tx() as session:
         task = make_review_task(session, tenant_id)
-        from tests.factories import make_tenant_row
-
         stranger = make_principal(session, make_tenant_row(session, "other"), "admin", "eve")
     assert queue_ids(tx, stranger) == [] and claim(tx, stranger, settings) == []
     for attempt in (
