@@ -170,8 +170,36 @@ class SubmissionSummary(BaseModel):
 
 
 class AuditEventRead(BaseModel):
+    """One link of the submission's tamper-evident chain of events."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 4211,
+                    "seq": 2,
+                    "event": "queued",
+                    "actor": "system",
+                    "data": {},
+                    "created_at": "2026-11-24T10:15:02.481233Z",
+                    "prev_sha256": (
+                        "5f2b0c9e1d7a4b3c8e6f0a1b2c3d4e5f60718293a4b5c6d7e8f9012345678901"
+                    ),
+                    "sha256": ("9a8b7c6d5e4f30211f2e3d4c5b6a79880f1e2d3c4b5a69788796a5b4c3d2e1f0"),
+                }
+            ]
+        }
+    )
+
     id: int
+    seq: int = Field(description="position in the submission's chain, from 1")
     event: str
     actor: str
     data: dict[str, Any]
     created_at: datetime
+    prev_sha256: str | None = Field(
+        description="sha256 of the event before this one in the chain; null for the first"
+    )
+    sha256: str = Field(
+        description="sha256 over this event's canonical form, which includes prev_sha256"
+    )
