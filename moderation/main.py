@@ -12,6 +12,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from moderation.config import Settings, get_settings
 from moderation.core.limits import BodySizeLimit
+from moderation.core.openapi import install_openapi, operation_id
 from moderation.core.problems import install_problem_handlers
 from moderation.database import get_sessionmaker, resolve_database_url
 from moderation.ops.router import SubmissionCollector
@@ -53,8 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Content moderation with visual context, on your own rubrics and your own model.",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     install_problem_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.request_max_bytes)
     app.include_router(ops_router)
     app.include_router(submissions_router)
