@@ -19,6 +19,8 @@ from moderation.ops.router import router as ops_router
 from moderation.policies.router import router as policies_router
 from moderation.submissions.router import router as submissions_router
 from moderation.vlm.client import VLMClient
+from moderation.webhooks.metrics import WebhookCollector
+from moderation.webhooks.router import router as webhooks_router
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = factory
         registry = CollectorRegistry()
         registry.register(SubmissionCollector(factory))
+        registry.register(WebhookCollector(factory))
         app.state.metrics_registry = registry
 
         @functools.cache
@@ -55,4 +58,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops_router)
     app.include_router(submissions_router)
     app.include_router(policies_router)
+    app.include_router(webhooks_router)
     return app

@@ -1,7 +1,8 @@
 """Recording a decision: the one place that changes what a submission's outcome is.
 
-A decision, its audit event and the notice to the tenant are written in the caller's
-transaction, so either all of them exist or none does.
+A decision, its audit event and the callback event to the tenant are written in the caller's
+transaction, so either all of them exist or none does. Every kind of decision (model, system,
+reviewer, appeal) passes through here, so every one of them reaches the tenant's receiver.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from sqlalchemy.orm import Session
 from moderation.audit.service import record_event
 from moderation.decisions.models import Action, Decision, DecisionSource, ReviewReason
 from moderation.decisions.rules import Outcome, failure
+from moderation.policies.service import document_for_version
 from moderation.submissions.models import Submission, SubmissionStatus
+from moderation.webhooks.service import DecisionNotice, notify_decision
 
 
 def record_decision(
@@ -47,6 +50,24 @@ def record_decision(
         data["reason"] = outcome.reason.value
     record_event(session, submission.tenant_id, submission.id, event, actor or "system", data)
     session.flush()
+    policy = document_for_version(session, submission.policy_version_id)
+    notify_decision(
+        session,
+        DecisionNotice(
+            tenant_id=submission.tenant_id,
+            submission_id=submission.id,
+            external_id=submission.external_id,
+            callback_url=submission.callback_url,
+            action=decision.action.value,
+            source=decision.source.value,
+            reason=decision.reason,
+            categories=list(decision.categories),
+            decided_at=decision.created_at,
+            actor=decision.actor,
+            policy_slug=policy.slug,
+            policy_version=policy.version,
+        ),
+    )
     return decision
 
 

@@ -244,9 +244,7 @@ def check_url_shape(raw_url: str, allow_hosts: Iterable[str], allow_hosts_settin
         )
     # Reserved for loopback (RFC 6761): every resolver answers it with 127.0.0.1 or ::1.
     if host == "localhost" or host.endswith(".localhost"):
-        raise OutboundError(
-            f"{host} is this machine; list it in {allow_hosts_setting} to allow it"
-        )
+        raise OutboundError(f"{host} is this machine; list it in {allow_hosts_setting} to allow it")
 
 
 def _host_of(url: httpx.URL) -> str:
