@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     # delay of this list, in seconds: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (8 attempts over
     # about 27.5 hours). Comma-separated in the environment; empty means no retries.
     webhook_retry_schedule_s: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0], max_length=50
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        max_length=50,
     )
     # Each retry waits up to this fraction longer, so receivers that come back are not hit by
     # every sender's backlog in the same second.
