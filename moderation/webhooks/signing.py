@@ -66,7 +66,9 @@ def verify(secrets: Sequence[str], headers: Mapping[str, str], body: bytes) -> s
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise MalformedSignatureHeaders("a signed body must be UTF-8") from exc
+        raise MalformedSignatureHeaders(
+            "a signed body must be UTF-8 text: send images as URLs or base64 in JSON"
+        ) from exc
     plain_headers = {
         "webhook-id": webhook_id,
         "webhook-timestamp": timestamp,
