@@ -232,7 +232,7 @@ def check_url_shape(raw_url: str, allow_hosts: Iterable[str], allow_hosts_settin
     host = _host_of(url)
     if not host:
         raise OutboundError("URL has no host")
-    port = url.port or _DEFAULT_PORTS[url.scheme]
+    port = url.port if url.port is not None else _DEFAULT_PORTS[url.scheme]
     if not 0 < port < 65536:
         raise OutboundError(f"port {port} is out of range")
     if allow_list_key(host, port) in set(allow_hosts):
@@ -259,7 +259,7 @@ def _check_target(url: httpx.URL, limits: OutboundLimits) -> _Target:
     host = _host_of(url)
     if not host:
         raise OutboundError("URL has no host")
-    port = url.port or _DEFAULT_PORTS[url.scheme]
+    port = url.port if url.port is not None else _DEFAULT_PORTS[url.scheme]
     if not 0 < port < 65536:
         raise OutboundError(f"port {port} is out of range")
     try:

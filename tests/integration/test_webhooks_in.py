@@ -203,9 +203,9 @@ def test_a_replayed_webhook_id_gets_the_first_answer_and_no_second_job(
         assert repeat.headers["location"] == first.headers["location"]
     submission_id = first.json()["id"]
     deadline = time.monotonic() + 30
-    while client.get(
-        f"/v1/submissions/{submission_id}", headers=signer.headers()
-    ).json()["status"] not in ("decided", "in_review"):
+    while client.get(f"/v1/submissions/{submission_id}", headers=signer.headers()).json()[
+        "status"
+    ] not in ("decided", "in_review"):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     time.sleep(0.5)

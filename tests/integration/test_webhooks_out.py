@@ -6,6 +6,7 @@ schedule of a failing receiver plays out in a few seconds.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -155,7 +156,7 @@ def test_a_receiver_failing_three_times_gets_one_accepted_delivery(client, fake_
     assert delivery["next_attempt_at"] is None
 
     first = received[0].at
-    gaps = [round(b.at - a.at, 2) for a, b in zip(received, received[1:], strict=False)]
+    gaps = [round(b.at - a.at, 2) for a, b in itertools.pairwise(received)]
     print(
         "\ncallback retry timeline (schedule 0.5 s, 1 s, 1.5 s; sweeper polls every 0.2 s): "
         f"attempts at {[round(item.at - first, 2) for item in received]} s, gaps {gaps} s"
@@ -240,9 +241,7 @@ def test_redelivery_sends_the_same_event_again(client, fake_vlm, hooked):
     assert "callback_redelivery_requested" in events
 
 
-def test_during_a_rotation_callbacks_carry_both_signatures(
-    client, fake_vlm, hooked, service_env
-):
+def test_during_a_rotation_callbacks_carry_both_signatures(client, fake_vlm, hooked, service_env):
     tenant, endpoint = hooked
     old_secret = tenant.webhook_secret
     rotated = subprocess.run(
