@@ -6,8 +6,8 @@ every policy with all its versions, so nothing a tenant could submit under befor
 - the oldest tenant takes over the existing rows, so its submissions keep their exact version
   rows;
 - every other tenant gets a new policy row and a copy of each version (same number, document
-  and content hash), and its submissions and verdicts are re-pointed to the copy of the very
-  version they were pinned to. The version each submission was judged by is unchanged in
+  and content hash), and its submissions, verdicts and review tasks are re-pointed to the copy
+  of the very version they were pinned to. The version each submission was judged by is unchanged in
   everything but the row id.
 
 A version's status is read from the old data: the policy's active version is `active`, a
@@ -23,7 +23,7 @@ loses its version. Shadow verdicts that no other verdict reuses are dropped with
 tables, since the older schema cannot tell them from live ones.
 
 Revision ID: 0003_policies
-Revises: 0002
+Revises: 0003_webhooks
 Create Date: 2026-11-25 09:00:00+00:00
 """
 
@@ -34,7 +34,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0003_policies"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003_webhooks"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -230,6 +230,13 @@ def _give_every_tenant_its_policies() -> None:
           AND vc.tenant_id = s.tenant_id
         """
     )
+    op.execute(
+        """
+        UPDATE review_tasks AS rt SET policy_version_id = vc.new_id
+        FROM version_copies vc
+        WHERE vc.old_id = rt.policy_version_id AND vc.tenant_id = rt.tenant_id
+        """
+    )
     op.execute("DROP TABLE version_copies")
     op.execute("DROP TABLE policy_copies")
 
@@ -382,7 +389,7 @@ def _fold_tenant_copies() -> None:
             )
             continue
         for mine, theirs in pairs:
-            for table in ("submissions", "verdicts"):
+            for table in ("submissions", "verdicts", "review_tasks"):
                 connection.execute(
                     sa.text(
                         f"UPDATE {table} SET policy_version_id = :theirs "  # noqa: S608

@@ -9,19 +9,22 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from moderation.policies.service import shadow_usage_totals
 from moderation.submissions.models import Submission
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
+@router.get(
+    "/healthz",
+    responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+)
 def healthz() -> dict[str, str]:
+    """Alive: the process answers. Says nothing about its dependencies (see /readyz)."""
     return {"status": "ok"}
 
 
@@ -42,7 +45,51 @@ def _check(name: str, probe: Callable[[], bool]) -> dict[str, Any]:
     return result
 
 
-@router.get("/readyz")
+_READINESS_SCHEMA = {
+    "type": "object",
+    "required": ["status", "checks"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ready", "not_ready"]},
+        "checks": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "ok", "ms"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "ok": {"type": "boolean"},
+                    "ms": {"type": "integer"},
+                    "error": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+def _readiness(ok: bool) -> dict[str, Any]:
+    model = {"name": "model", "ok": ok, "ms": 12 if ok else 2001}
+    if not ok:
+        model["error"] = "APITimeoutError: Request timed out."
+    return {
+        "description": "ready" if ok else "a dependency does not answer",
+        "content": {
+            "application/json": {
+                "schema": _READINESS_SCHEMA,
+                "example": {
+                    "status": "ready" if ok else "not_ready",
+                    "checks": [
+                        {"name": "database", "ok": True, "ms": 2},
+                        {"name": "broker", "ok": True, "ms": 3},
+                        model,
+                    ],
+                },
+            }
+        },
+    }
+
+
+@router.get("/readyz", responses={200: _readiness(True), 503: _readiness(False)})
 def readyz(request: Request) -> JSONResponse:
     """Ready when the database, the broker and the model endpoint all answer."""
     factory: sessionmaker[Session] = request.app.state.sessionmaker
@@ -102,31 +149,21 @@ class SubmissionCollector(Collector):
         yield oldest
 
 
-class ShadowCollector(Collector):
-    """Shadow policy runs, from the per-tenant daily budget rows every worker writes."""
-
-    def __init__(self, factory: sessionmaker[Session]) -> None:
-        self.factory = factory
-
-    def collect(self) -> Any:
-        with self.factory() as session:
-            calls, skipped, failed = shadow_usage_totals(session)
-        made = CounterMetricFamily(
-            "moderation_shadow_model_calls", "Model calls made for shadow policy versions"
-        )
-        made.add_metric([], float(calls))
-        not_run = CounterMetricFamily(
-            "moderation_shadow_runs_skipped",
-            "Shadow runs not made or not finished; the live decision stood either way",
-            labels=["reason"],
-        )
-        not_run.add_metric(["daily_cap"], float(skipped))
-        not_run.add_metric(["failed"], float(failed))
-        yield made
-        yield not_run
-
-
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {
+                "text/plain": {
+                    "schema": {"type": "string"},
+                    "example": 'moderation_submissions{status="decided",action="allow"} 42.0\n',
+                }
+            },
+        }
+    },
+)
 def metrics(request: Request) -> Response:
     registry: CollectorRegistry = request.app.state.metrics_registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -453,7 +453,3 @@ def settle_shadow_calls(
     repository.add_shadow_usage(
         session, tenant_id, today(), calls=made - reserved, failed=1 if failed else 0
     )
-
-
-def shadow_usage_totals(session: Session) -> tuple[int, int, int]:
-    return repository.shadow_usage_totals(session)

@@ -37,6 +37,10 @@ def test_migrations_upgrade_downgrade_and_match_the_models(empty_database: str):
     command.upgrade(config, "head")
 
 
+# The last revision before policies belonged to tenants.
+PREVIOUS_HEAD = "0003_webhooks"
+
+
 def _execute(url: str, statement: str, **params):
     engine = create_engine(url, poolclass=NullPool)
     try:
@@ -108,16 +112,28 @@ def _submission(url: str, tenant: uuid.UUID, version: uuid.UUID) -> uuid.UUID:
         version=version,
         sha="1" * 64,
     )
+    _execute(
+        url,
+        "INSERT INTO review_tasks (id, tenant_id, submission_id, kind, status, priority, "
+        "policy_version_id, categories, max_severity, due_at) VALUES (:id, :tenant, "
+        ":submission, 'review', 'open', 0, :version, '[]', 0, now())",
+        id=uuid.uuid4(),
+        tenant=tenant,
+        submission=submission_id,
+        version=version,
+    )
     return submission_id
 
 
 _PINNED = """
     SELECT s.id, p.tenant_id, p.slug, v.version, v.content_sha256, v.status,
-           vd.policy_version_id = s.policy_version_id AS verdict_matches
+           vd.policy_version_id = s.policy_version_id
+               AND rt.policy_version_id = s.policy_version_id AS history_matches
     FROM submissions s
     JOIN policy_versions v ON v.id = s.policy_version_id
     JOIN policies p ON p.id = v.policy_id
     JOIN verdicts vd ON vd.submission_id = s.id
+    JOIN review_tasks rt ON rt.submission_id = s.id
 """
 
 
@@ -125,7 +141,7 @@ def test_upgrade_gives_each_tenant_its_policies_and_keeps_every_pinned_version(
     empty_database: str,
 ):
     config = alembic_config(empty_database)
-    command.upgrade(config, "0002")
+    command.upgrade(config, PREVIOUS_HEAD)
     oldest = _tenant(empty_database, "oldest", 30)
     other = _tenant(empty_database, "other", 20)
     idle = _tenant(empty_database, "idle", 10)
@@ -142,10 +158,10 @@ def test_upgrade_gives_each_tenant_its_policies_and_keeps_every_pinned_version(
 
     rows = _execute(empty_database, _PINNED)
     assert len(rows) == len(pinned)
-    for submission_id, tenant_id, slug, version, sha, _status, verdict_matches in rows:
+    for submission_id, tenant_id, slug, version, sha, _status, history_matches in rows:
         assert pinned[submission_id] == (tenant_id, slug, version)
         assert sha == f"{slug}-{version}".ljust(64, "0")
-        assert verdict_matches
+        assert history_matches  # its verdicts and review tasks name the same version
     # The oldest tenant took over the original rows; the others got copies.
     originals = _execute(
         empty_database,
@@ -179,14 +195,17 @@ def test_upgrade_gives_each_tenant_its_policies_and_keeps_every_pinned_version(
         empty_database, "UPDATE policy_versions SET status = 'shadow' WHERE id = :id", id=default[3]
     )
 
-    command.downgrade(config, "0002")
+    command.downgrade(config, PREVIOUS_HEAD)
 
     rows = _execute(
         empty_database,
         """
-        SELECT s.id, s.tenant_id, p.slug, v.version, vd.policy_version_id = s.policy_version_id
+        SELECT s.id, s.tenant_id, p.slug, v.version,
+               vd.policy_version_id = s.policy_version_id
+                   AND rt.policy_version_id = s.policy_version_id
         FROM submissions s JOIN policy_versions v ON v.id = s.policy_version_id
         JOIN policies p ON p.id = v.policy_id JOIN verdicts vd ON vd.submission_id = s.id
+        JOIN review_tasks rt ON rt.submission_id = s.id
         """,
     )
     assert {row[0]: (row[1], row[2], row[3]) for row in rows} == pinned
@@ -197,7 +216,7 @@ def test_upgrade_gives_each_tenant_its_policies_and_keeps_every_pinned_version(
 
 def test_downgrade_keeps_a_tenant_policy_that_diverged(empty_database: str):
     config = alembic_config(empty_database)
-    command.upgrade(config, "0002")
+    command.upgrade(config, PREVIOUS_HEAD)
     oldest = _tenant(empty_database, "oldest", 30)
     other = _tenant(empty_database, "other", 20)
     default = _policy(empty_database, "default", versions=1, active=1)
@@ -220,7 +239,7 @@ def test_downgrade_keeps_a_tenant_policy_that_diverged(empty_database: str):
     )
     submission = _submission(empty_database, other, version_id)
 
-    command.downgrade(config, "0002")
+    command.downgrade(config, PREVIOUS_HEAD)
 
     slugs = {row[0] for row in _execute(empty_database, "SELECT slug FROM policies")}
     assert slugs == {"default", f"default-{str(other)[:8]}"}

@@ -20,7 +20,7 @@ from moderation.policies import service as policies
 from moderation.policies.models import ShadowUsage
 from moderation.submissions.models import Verdict
 from moderation.vlm.client import VLMClient
-from tests.factories import TenantKeys, image_b64, make_submission, marker, wait_for_outcome
+from tests.factories import TenantKeys, image_b64, make_queued_submission, marker, wait_for_outcome
 from tests.fakes import fake_vlm as fake
 from tests.fakes.fake_vlm import FakeVLMServer
 
@@ -104,7 +104,7 @@ def test_both_versions_judge_and_only_the_active_one_decides(
             fake.verdict(fake.unsafe_verdict("weapons_drugs", 3, 0.92)),
         ],
     )
-    submission = make_submission(migrated, tenant, f"caption {case}")
+    submission = make_queued_submission(migrated, tenant, f"caption {case}")
 
     moderate_submission(submission, runtime_with())
 
@@ -128,7 +128,7 @@ def test_the_daily_cap_skips_shadow_runs_and_counts_them(
     cases = [marker(), marker()]
     for case in cases:
         fake_vlm.script(case, [fake.verdict(fake.unsafe_verdict("violence", 3, 0.95))])
-    first, second = (make_submission(migrated, tenant, f"caption {case}") for case in cases)
+    first, second = (make_queued_submission(migrated, tenant, f"caption {case}") for case in cases)
 
     moderate_submission(first, runtime)
     moderate_submission(second, runtime)
@@ -144,7 +144,7 @@ def test_the_daily_cap_skips_shadow_runs_and_counts_them(
 def test_a_cap_of_zero_turns_shadows_off(migrated, tenant, fake_vlm, runtime_with):
     shadow_draft(migrated, tenant)
     case = marker()
-    submission = make_submission(migrated, tenant, f"caption {case}")
+    submission = make_queued_submission(migrated, tenant, f"caption {case}")
     moderate_submission(submission, runtime_with(shadow_daily_call_cap=0))
     assert rows(migrated, submission)["shadow"] == []
     assert len(fake_vlm.requests_for(case)) == 1
@@ -156,7 +156,7 @@ def test_a_failing_shadow_model_leaves_the_live_decision_alone(
     shadow_draft(migrated, tenant)
     case = marker()
     fake_vlm.script(case, [fake.verdict(fake.safe_verdict(0.95)), fake.error(500)])
-    submission = make_submission(migrated, tenant, f"caption {case}")
+    submission = make_queued_submission(migrated, tenant, f"caption {case}")
 
     moderate_submission(submission, runtime_with(vlm_max_retries=1))
 
@@ -180,7 +180,7 @@ def test_a_shadow_run_that_crashes_is_counted_and_harmless(
             fake.verdict(fake.safe_verdict(0.99)),
         ],
     )
-    submission = make_submission(migrated, tenant, f"caption {case}")
+    submission = make_queued_submission(migrated, tenant, f"caption {case}")
     # The shadow's write will collide with this row and fail, as a lost database would.
     with session_scope(get_sessionmaker(migrated)) as session:
         session.add(
@@ -207,13 +207,15 @@ def test_no_shadow_when_pinned_to_it_or_when_the_upload_could_not_be_seen(
     shadow = shadow_draft(migrated, tenant)
     runtime = runtime_with()
     pinned_case = marker()
-    pinned = make_submission(migrated, tenant, f"caption {pinned_case}", policy=f"default@{shadow}")
+    pinned = make_queued_submission(
+        migrated, tenant, f"caption {pinned_case}", policy=f"default@{shadow}"
+    )
     moderate_submission(pinned, runtime)
     assert rows(migrated, pinned)["shadow"] == []
     assert len(fake_vlm.requests_for(pinned_case)) == 1
 
     unseen_case = marker()
-    unseen = make_submission(migrated, tenant, f"caption {unseen_case}", images=0)
+    unseen = make_queued_submission(migrated, tenant, f"caption {unseen_case}", images=0)
     with session_scope(get_sessionmaker(migrated)) as session:
         from moderation.submissions.models import SubmissionImage
 
