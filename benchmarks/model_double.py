@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import io
 import json
 import time
@@ -85,7 +86,9 @@ class ModelDouble:
                             "tokens": image_tokens(width, height, self.unit),
                         }
                     )
-                    prefix_parts.append(url[:64].encode())
+                    # A server's prefix cache keys an image by its content: two different
+                    # images part ways at the image, however alike their encodings begin.
+                    prefix_parts.append(f"<image {hashlib.sha256(raw).hexdigest()}>".encode())
                 elif part.get("type") == "text":
                     text_parts.append(part["text"])
                     prefix_parts.append(part["text"].encode())
