@@ -153,6 +153,44 @@ def peak_rss_mb(pid: int) -> float:
     return round(peak / 1024, 1)
 
 
+# --- profiles --------------------------------------------------------------------------------
+
+
+def start_profiler(pid: int, out: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """py-spy sampling a worker's on-CPU stacks (all threads), without pausing it."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    process = subprocess.Popen(
+        [py_spy, "record", "--nonblocking", "--format", "raw", "--rate", "200",
+         "--output", str(out), "--pid", str(pid)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return process, out
+
+
+def stop_profilers(profilers: list[tuple[subprocess.Popen[bytes], Path]]) -> dict[str, Any]:
+    """Where the sampled CPU went: the share of samples in each frame (inclusive), top first."""
+    inclusive: dict[str, int] = {}
+    total = 0
+    for process, out in profilers:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+        if not out.exists():
+            continue
+        for line in out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            total += int(count)
+            frames = {re.sub(r" \(.*?:\d+\)$", "", f) for f in stack.split(";")}
+            for frame in frames:
+                inclusive[frame] = inclusive.get(frame, 0) + int(count)
+    top = sorted(inclusive.items(), key=lambda kv: -kv[1])[:40]
+    return {
+        "samples": total,
+        "inclusive_share": {frame: round(n / total, 3) for frame, n in top} if total else {},
+    }
+
+
 # --- PostgreSQL --------------------------------------------------------------------------------
 
 
@@ -511,6 +549,32 @@ def submissions_for(phase: str, kinds: list[str], count: int, image_base: str) -
     return bodies
 
 
+async def warm_up(stack: Stack, api_base: str, image_base: str, name: str) -> None:
+    """One submission through the workers before a timed phase: Celery has started, imports
+    are done and connections are open, so the phase measures the steady state."""
+    tenant_id, headers = stack.tenant(f"warm-up-{name}")
+    await blast(api_base, submissions_for(f"warm{name}", ["vga"], 1, image_base), headers, 1)
+    wait_decided(stack.database_url, tenant_id, 1, timeout=180)
+
+
+async def bare_endpoint(
+    stack: Stack, bodies: list[dict[str, Any]], connections: int
+) -> dict[str, Any]:
+    """A FastAPI endpoint that only answers 202, under the same server and generator."""
+    bare_file = stack.workdir / "bare_app.py"
+    bare_file.write_text(BARE_APP)
+    bare_port = free_port()
+    bare = stack.launch(
+        "bare",
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(stack.workdir), "bare_app:app",
+         "--port", str(bare_port), "--log-level", "warning", "--no-access-log"],
+    )  # fmt: skip
+    wait_http(f"http://127.0.0.1:{bare_port}/docs", bare)
+    load = await blast(f"http://127.0.0.1:{bare_port}", bodies, {}, connections)
+    bare.stop()
+    return load.summary()
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="moderation-throughput-"))
     workdir.chmod(0o755)  # the private PostgreSQL runs as the postgres user and must reach it
@@ -552,6 +616,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     }
     bound = args.concurrency / (args.latency_ms / 1000)
+    phases = set(args.phases.split(","))
     try:
         subprocess.run(
             [sys.executable, "-m", "moderation", "migrate"], cwd=ROOT, env=env, check=True,
@@ -573,23 +638,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         image_base = f"http://127.0.0.1:{image_port}"
 
         # Bare endpoint: the ceiling of this server and this load generator on this machine.
-        bare_file = workdir / "bare_app.py"
-        bare_file.write_text(BARE_APP)
-        bare_port = free_port()
-        bare = stack.launch(
-            "bare",
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(workdir), "bare_app:app",
-             "--port", str(bare_port), "--log-level", "warning", "--no-access-log"],
-        )  # fmt: skip
-        wait_http(f"http://127.0.0.1:{bare_port}/docs", bare)
         ingest_bodies = [
             {"external_id": f"ingest-{i}-{uuid.uuid4().hex[:6]}", "text": f"caption number {i}"}
             for i in range(args.ingest_count)
         ]
-        bare_load = await blast(f"http://127.0.0.1:{bare_port}", ingest_bodies, {},
-                                args.connections)  # fmt: skip
-        bare.stop()
-        figures["bare"] = bare_load.summary()
+        if "bare" in phases:
+            figures["bare"] = await bare_endpoint(stack, ingest_bodies, args.connections)
 
         # Ingest alone: the API with no worker, so nothing else competes for the cores.
         api_argv = [sys.executable, "-m", "moderation", "api", "--port", str(api_port)]
@@ -599,13 +653,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         api_base = f"http://127.0.0.1:{api_port}"
         wait_http(f"{api_base}/healthz", api)
         ingest_tenant, ingest_headers = stack.tenant("ingest")
-        statements.reset()
-        ingest_load = await blast(api_base, ingest_bodies, ingest_headers, args.connections)
-        counted = per_item(statements.calls(), len(ingest_bodies))
-        figures["ingest"] = ingest_load.summary() | {
-            "round_trips_per_request": counted["round_trips"],
-            "statements": counted["statements"],
-        }
+        if "ingest" in phases:
+            # A short warm-up first: the first requests pay for imports and new connections.
+            warm = [dict(b, external_id=b["external_id"] + "-warm") for b in ingest_bodies[:64]]
+            await blast(api_base, warm, ingest_headers, args.connections)
+            statements.reset()
+            ingest_load = await blast(api_base, ingest_bodies, ingest_headers, args.connections)
+            counted = per_item(statements.calls(), len(ingest_bodies))
+            figures["ingest"] = ingest_load.summary() | {
+                "round_trips_per_request": counted["round_trips"],
+                "statements": counted["statements"],
+            }
         # Those rows are queued for a worker: their messages would make the pipeline phase's
         # workers claim thousands of rows that are not part of it, and the relay would re-send
         # them. They are marked decided out of band and their messages dropped.
@@ -626,17 +684,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             for n in range(args.workers)
         ]
-        time.sleep(3)  # Celery's startup
+        await warm_up(stack, api_base, image_base, "workers")
         mixes = {"vga": ["vga"], "realistic": ["phone", "screenshot", "portrait", "meme", "icon"]}
         figures["pipeline"] = {}
         for mix, kinds in mixes.items():
+            if mix not in phases:
+                continue
             tenant_id, headers = stack.tenant(f"pipeline-{mix}")
             bodies = submissions_for(mix, kinds, args.count, image_base)
             cpu_before = sum(cpu_seconds(w.process.pid) for w in workers)
             statements.reset()
+            profilers = [
+                start_profiler(w.process.pid, workdir / f"profile-{mix}-{n}.txt")
+                for n, w in enumerate(workers)
+                if args.profile
+            ]
             await blast(api_base, bodies, headers, args.connections)
             wait_decided(database_url, tenant_id, len(bodies), timeout=600)
             cpu = sum(cpu_seconds(w.process.pid) for w in workers) - cpu_before
+            if profilers:
+                figures.setdefault("worker_profile", {})[mix] = stop_profilers(profilers)
             counted = per_item(statements.calls(), len(bodies))
             result = outcome_figures(database_url, tenant_id)
             result |= {
@@ -650,62 +717,70 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result |= token_figures(database_url, tenant_id, model_log)
             figures["pipeline"][mix] = result
 
-        # Half the bound's load: what the service adds to each item's latency.
-        tenant_id, headers = stack.tenant("half-load")
-        half = submissions_for("half", ["vga"], max(20, args.count // 2), image_base)
-        await blast(api_base, half, headers, args.connections, rate=bound / 2)
-        wait_decided(database_url, tenant_id, len(half), timeout=600)
-        figures["half_load"] = outcome_figures(database_url, tenant_id)
+        if "half" in phases:
+            # Half the bound's load: what the service adds to each item's latency.
+            tenant_id, headers = stack.tenant("half-load")
+            half = submissions_for("half", ["vga"], max(20, args.count // 2), image_base)
+            await blast(api_base, half, headers, args.connections, rate=bound / 2)
+            wait_decided(database_url, tenant_id, len(half), timeout=600)
+            figures["half_load"] = outcome_figures(database_url, tenant_id)
 
-        # The verdict cache: identical uploads under new ids never reach the model.
-        repeat_tenant, repeat_headers = stack.tenant("cache")
-        first = submissions_for("cache", ["vga"], 20, image_base)
-        await blast(api_base, first, repeat_headers, args.connections)
-        wait_decided(database_url, repeat_tenant, len(first), timeout=120)
-        calls_before = len(model_log.read_text().splitlines())
-        again = [dict(b, external_id=b["external_id"] + "-again") for b in first]
-        await blast(api_base, again, repeat_headers, args.connections)
-        wait_decided(database_url, repeat_tenant, len(first) * 2, timeout=120)
-        figures["cache"] = {
-            "repeats": len(again),
-            "model_calls_for_repeats": len(model_log.read_text().splitlines()) - calls_before,
-            "sources": outcome_figures(database_url, repeat_tenant)["sources"],
-        }
+        if "cache" in phases:
+            # The verdict cache: identical uploads under new ids never reach the model.
+            repeat_tenant, repeat_headers = stack.tenant("cache")
+            first = submissions_for("cache", ["vga"], 20, image_base)
+            await blast(api_base, first, repeat_headers, args.connections)
+            wait_decided(database_url, repeat_tenant, len(first), timeout=120)
+            calls_before = len(model_log.read_text().splitlines())
+            again = [dict(b, external_id=b["external_id"] + "-again") for b in first]
+            await blast(api_base, again, repeat_headers, args.connections)
+            wait_decided(database_url, repeat_tenant, len(first) * 2, timeout=120)
+            figures["cache"] = {
+                "repeats": len(again),
+                "model_calls_for_repeats": len(model_log.read_text().splitlines()) - calls_before,
+                "sources": outcome_figures(database_url, repeat_tenant)["sources"],
+            }
         figures["peak_rss_mb"] = {
             "api": peak_rss_mb(api.process.pid),
             "worker": max(peak_rss_mb(w.process.pid) for w in workers),
         }
-        figures["prefix"] = prefix_figures(model_log)
+        if model_log.exists():
+            figures["prefix"] = prefix_figures(model_log)
         for worker in workers:
             worker.stop()
 
-        # The naive deployment: prefork, one call per process, as many processes as cores.
-        cores = os.cpu_count() or 2
-        naive = stack.launch(
-            "naive",
-            [sys.executable, "-m", "celery", "-A", "moderation.queue:celery_app", "worker",
-             "--pool=prefork", f"--concurrency={cores}", "--loglevel=WARNING",
-             f"--queues={env['MODERATION_QUEUE_NAME']}", "--without-gossip", "--without-mingle"],
-            {"MODERATION_VLM_MAX_CONCURRENCY": "1"},
-        )  # fmt: skip
-        time.sleep(3)
-        tenant_id, headers = stack.tenant("naive")
-        naive_count = max(8, min(args.count // 5, 80))
-        await blast(api_base, submissions_for("naive", ["vga"], naive_count, image_base),
-                    headers, args.connections)  # fmt: skip
-        wait_decided(database_url, tenant_id, naive_count, timeout=600)
-        naive.stop()
-        naive_figures = outcome_figures(database_url, tenant_id)
-        figures["naive"] = {"processes": cores, **naive_figures}
-        figures["speedup_vs_naive"] = {
-            mix: round(result["rate_per_s"] / naive_figures["rate_per_s"], 1)
-            for mix, result in figures["pipeline"].items()
-        }
+        if "naive" in phases:
+            # The naive deployment: prefork, one call per process, as many processes as cores.
+            cores = os.cpu_count() or 2
+            naive = stack.launch(
+                "naive",
+                [sys.executable, "-m", "celery", "-A", "moderation.queue:celery_app", "worker",
+                 "--pool=prefork", f"--concurrency={cores}", "--loglevel=WARNING",
+                 f"--queues={env['MODERATION_QUEUE_NAME']}", "--without-gossip",
+                 "--without-mingle"],
+                {"MODERATION_VLM_MAX_CONCURRENCY": "1"},
+            )  # fmt: skip
+            await warm_up(stack, api_base, image_base, "naive")
+            tenant_id, headers = stack.tenant("naive")
+            naive_count = max(8, min(args.count // 5, 80))
+            await blast(api_base, submissions_for("naive", ["vga"], naive_count, image_base),
+                        headers, args.connections)  # fmt: skip
+            wait_decided(database_url, tenant_id, naive_count, timeout=600)
+            naive.stop()
+            naive_figures = outcome_figures(database_url, tenant_id)
+            figures["naive"] = {"processes": cores, **naive_figures}
+            figures["speedup_vs_naive"] = {
+                mix: round(result["rate_per_s"] / naive_figures["rate_per_s"], 1)
+                for mix, result in figures["pipeline"].items()
+            }
     finally:
         stack.stop_all()
         if private is not None:
             private.stop()
     return figures
+
+
+PHASES = ("bare", "ingest", "vga", "realistic", "half", "cache", "naive")
 
 
 def table(figures: dict[str, Any]) -> str:
@@ -717,30 +792,42 @@ def table(figures: dict[str, Any]) -> str:
     config = figures["config"]
     add("model double", f"{config['model_latency_ms']} ms, {config['model_concurrency']} in flight")
     for name in ("bare", "ingest"):
+        if name not in figures:
+            continue
         load = figures[name]
         add(f"{name} POST /s", load["per_s"])
         add(f"{name} p50/p95/p99 ms", f"{load['p50_ms']} / {load['p95_ms']} / {load['p99_ms']}")
         add(f"{name} load generator CPU ms/request", load["client_cpu_ms_per_request"])
-    add("ingest round trips/request", figures["ingest"].get("round_trips_per_request"))
+    if "ingest" in figures:
+        add("ingest db round trips/request", figures["ingest"]["round_trips_per_request"])
     for mix, result in figures["pipeline"].items():
         add(f"pipeline[{mix}] /s", f"{result['rate_per_s']} of {result['bound_per_s']} "
                                   f"(ratio {result['ratio']})")  # fmt: skip
         add(f"pipeline[{mix}] e2e p50/p95 ms", f"{result['e2e_p50_ms']} / {result['e2e_p95_ms']}")
+        add(f"pipeline[{mix}] added p50/p95 ms",
+            f"{result['added_p50_ms']} / {result['added_p95_ms']}")  # fmt: skip
         add(f"pipeline[{mix}] worker CPU ms/item", result["worker_cpu_ms_per_item"])
         add(f"pipeline[{mix}] db round trips/item", result["round_trips_per_item"])
         add(f"pipeline[{mix}] tokens/image", result["tokens_per_image"])
         add(f"pipeline[{mix}] tokens predicted = sent",
             f"{result['predicted_equals_sent']} of {result['compared']}")  # fmt: skip
-    half = figures["half_load"]
-    add("half load added latency p50/p95 ms", f"{half['added_p50_ms']} / {half['added_p95_ms']}")
-    add("cache: model calls for repeats", figures["cache"]["model_calls_for_repeats"])
-    add("naive (prefork) /s", figures["naive"]["rate_per_s"])
-    add("speed-up vs naive", figures["speedup_vs_naive"])
+    if "half_load" in figures:
+        half = figures["half_load"]
+        add("half load e2e p50/p95 ms", f"{half['e2e_p50_ms']} / {half['e2e_p95_ms']}")
+        add("half load added p50/p95 ms", f"{half['added_p50_ms']} / {half['added_p95_ms']}")
+    if "cache" in figures:
+        cache = figures["cache"]
+        add("cache: model calls for repeats",
+            f"{cache['model_calls_for_repeats']} of {cache['repeats']}")  # fmt: skip
+    if "naive" in figures:
+        add("naive (prefork) /s", figures["naive"]["rate_per_s"])
+        add("speed-up vs naive", figures["speedup_vs_naive"])
     add("peak RSS MiB api / worker", f"{figures['peak_rss_mb']['api']} / "
                                      f"{figures['peak_rss_mb']['worker']}")  # fmt: skip
-    prefix = figures["prefix"]
-    add("prompt bytes shared with previous call",
-        f"{prefix['shared_prefix_bytes_p50']} of {prefix['prompt_bytes_p50']} (p50)")  # fmt: skip
+    if "prefix" in figures:
+        prefix = figures["prefix"]
+        shared = f"{prefix['shared_prefix_bytes_p50']} of {prefix['prompt_bytes_p50']} (p50)"
+        add("prompt bytes shared with previous call", shared)
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
@@ -762,6 +849,14 @@ def main() -> int:
     )
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--smoke", action="store_true", help="small and quick, for CI")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"which phases to run, comma-separated (default all: {','.join(PHASES)})",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the workers with py-spy during the pipeline"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
     args = parser.parse_args()
     if args.ingest_count is None:

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     vlm_timeout_s: float = Field(default=60.0, gt=0)
     vlm_max_retries: int = Field(default=3, ge=0, le=10)
     vlm_max_concurrency: int = Field(default=16, ge=1, le=256)
+    # Worker threads; unset means the model concurrency and half as many again, so some threads
+    # fetch, decode and store while the others keep every model slot busy.
+    worker_threads: int | None = Field(default=None, ge=1, le=1024)
     vlm_response_format: ResponseFormat = "json_schema"
     # Ask for token log-probabilities (vLLM, SGLang, OpenAI-compatible servers that support
     # them) and record the probability of the rating token with every verdict.
@@ -161,6 +164,12 @@ class Settings(BaseSettings):
     def request_max_bytes(self) -> int:
         """The largest request worth reading: every image at the cap, base64-encoded."""
         return self.image_max_count * (self.image_max_bytes * 4 // 3 + 1024) + 1024 * 1024
+
+    @property
+    def worker_thread_count(self) -> int:
+        if self.worker_threads is not None:
+            return self.worker_threads
+        return self.vlm_max_concurrency + max(2, self.vlm_max_concurrency // 2)
 
     @property
     def patch_unit(self) -> int:

@@ -55,3 +55,9 @@ def test_allow_hosts_given_as_a_list_are_normalized_too():
     assert Settings(fetch_allow_hosts=[" CDN.example:443 ", ""]).fetch_allow_hosts == [
         "cdn.example:443"
     ]
+
+
+def test_workers_run_more_threads_than_model_calls_in_flight():
+    assert Settings(vlm_max_concurrency=32).worker_thread_count == 48
+    assert Settings(vlm_max_concurrency=1).worker_thread_count == 3
+    assert Settings(vlm_max_concurrency=32, worker_threads=40).worker_thread_count == 40

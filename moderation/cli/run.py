@@ -48,18 +48,19 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     from moderation.queue import celery_app
 
     # Threads, not processes: a worker spends its time waiting on the model server, so one
-    # process keeps many calls in flight (MODERATION_VLM_MAX_CONCURRENCY). --concurrency is the
-    # same number, so the pipeline sizes its connection pool from it too.
+    # process keeps many calls in flight (MODERATION_VLM_MAX_CONCURRENCY, which --concurrency
+    # sets). It runs more threads than that (MODERATION_WORKER_THREADS): the model client lets
+    # only that many calls out at once, and the other threads prepare and store items
+    # meanwhile, so no model slot waits on this process's own work.
     if args.concurrency:
         os.environ["MODERATION_VLM_MAX_CONCURRENCY"] = str(args.concurrency)
         get_settings.cache_clear()
         settings = get_settings()
-    concurrency = settings.vlm_max_concurrency
     celery_app.worker_main(
         [
             "worker",
             "--pool=threads",
-            f"--concurrency={concurrency}",
+            f"--concurrency={settings.worker_thread_count}",
             f"--loglevel={settings.log_level.upper()}",
             f"--queues={settings.queue_name}",
             "--without-gossip",

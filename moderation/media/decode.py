@@ -143,7 +143,12 @@ def _exif_orientation(picture: Image.Image) -> int:
 
 def _encode_jpeg(picture: Image.Image, size: tuple[int, int]) -> bytes:
     if picture.size != size:
-        picture = picture.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        # Bicubic, as Qwen-VL's own image processor resizes: the model sees what it was trained
+        # on, at about two thirds of Lanczos's cost. reducing_gap lets Pillow shrink large
+        # inputs by a whole factor first (a cheap box filter) while the last step still
+        # resamples from at least three times the target, which Pillow documents as
+        # indistinguishable from resampling the full image.
+        picture = picture.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
     # A fresh image carries no `info`: Pillow's JPEG writer would otherwise copy a comment from
     # it, and later Pillow versions may copy more.
     clean = Image.new("RGB", picture.size)

@@ -27,7 +27,7 @@ class PipelineRuntime:
         settings = settings or get_settings()
         # Half the threads hold a connection at once at most (claim and store are short);
         # the overflow covers bursts, so threads + relay never wait for a connection.
-        pool = max(5, settings.vlm_max_concurrency // 2 + 1)
+        pool = max(5, settings.worker_thread_count // 2 + 1)
         return cls(
             settings=settings,
             sessions=get_sessionmaker(resolve_database_url(settings), pool),

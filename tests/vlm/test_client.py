@@ -475,3 +475,47 @@ def test_no_logprobs_are_requested_by_default(
     assert judgement.calls[0].rating_probability is None
     [request] = server.requests_for("logprobs-off")
     assert "logprobs" not in request and "top_logprobs" not in request
+
+
+# Calls in flight -------------------------------------------------------------------------------
+
+
+def test_no_more_calls_are_in_flight_than_the_model_concurrency(
+    make_client: Callable[..., VLMClient], server: FakeVLMServer
+) -> None:
+    server.script("slotted", [fake.delay(0.3)])
+    client = make_client(vlm_max_concurrency=2, vlm_timeout_s=5.0)
+    judgements: list[Judgement] = []
+
+    started = time.monotonic()
+    threads = [
+        threading.Thread(target=lambda: judgements.append(judge(client, "slotted")))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Four calls of 0.3 s through two slots take two rounds; four slots would take one.
+    assert time.monotonic() - started >= 0.6
+    assert [j.failure_reason for j in judgements] == [None] * 4
+    # The time waited for a slot is not the model's: each call records its own exchange only.
+    assert all(call.latency_ms < 550 for j in judgements for call in j.calls)
+
+
+def test_a_call_that_finds_no_free_slot_before_its_deadline_is_unavailable(
+    make_client: Callable[..., VLMClient], server: FakeVLMServer
+) -> None:
+    server.script("busy-slot", [fake.delay(0.6)])
+    client = make_client(vlm_max_concurrency=1, vlm_timeout_s=5.0)
+    holder = threading.Thread(target=lambda: judge(client, "busy-slot"))
+    holder.start()
+    time.sleep(0.1)
+
+    judgement = judge(client, "waiting", deadline=time.monotonic() + 0.2)
+    holder.join()
+
+    assert judgement.failure_reason == "model_unavailable"
+    assert judgement.calls == []
+    assert server.requests_for("waiting") == []
