@@ -19,6 +19,7 @@ from moderation.ops.router import SubmissionCollector
 from moderation.ops.router import router as ops_router
 from moderation.policies.metrics import ShadowCollector
 from moderation.policies.router import router as policies_router
+from moderation.queue import start_background_publisher, stop_background_publisher
 from moderation.review.metrics import ReviewCollector
 from moderation.review.router import appeals_router
 from moderation.review.router import router as review_router
@@ -50,7 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return VLMClient(settings)
 
         app.state.vlm_client = vlm_client
+        start_background_publisher()
         yield
+        stop_background_publisher()
         if vlm_client.cache_info().currsize:
             vlm_client().close()
 

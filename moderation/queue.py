@@ -12,6 +12,8 @@ relay re-sends anything the broker dropped. Workers register their tasks on this
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from typing import Any
 
 from celery import Celery
@@ -99,6 +101,86 @@ celery_app = create_celery_app()
 _PENDING = "pending_tasks"
 
 
+class BackgroundPublisher:
+    """Sends tasks from a thread of its own, so a request is answered once its row commits.
+
+    Publishing costs a broker round trip and most of a millisecond of CPU; on the request's
+    path it adds both to every ingest. Handing the task to this thread after commit keeps the
+    guarantee that matters: the row exists before anything can point at it. A task that never
+    gets sent (the process dies first, the broker is down, the hand-off queue is full) leaves
+    its row `queued`, and the relay sends it again after its grace period.
+    """
+
+    _STOP = object()
+
+    def __init__(self, app: Celery, max_waiting: int = 100_000) -> None:
+        self._app = app
+        self._waiting: queue.Queue[object] = queue.Queue(maxsize=max_waiting)
+        self._thread = threading.Thread(
+            target=self._run, name="moderation-task-publisher", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, task_name: str, args: tuple[Any, ...]) -> None:
+        try:
+            self._waiting.put_nowait((task_name, args))
+        except queue.Full:
+            logger.warning("task hand-off is full; the relay will send %s%r", task_name, args)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Send what is waiting (for up to `timeout`), then end the thread."""
+        try:
+            self._waiting.put(self._STOP, timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._waiting.get()]
+            # Whatever else is waiting goes out on the same producer connection.
+            while len(batch) < 500:
+                try:
+                    batch.append(self._waiting.get_nowait())
+                except queue.Empty:
+                    break
+            stopping = any(item is self._STOP for item in batch)
+            tasks = [item for item in batch if item is not self._STOP]
+            if tasks:
+                self._send(tasks)
+            if stopping:
+                return
+
+    def _send(self, tasks: list[Any]) -> None:
+        try:
+            with self._app.producer_or_acquire() as producer:
+                for task_name, args in tasks:
+                    self._app.send_task(task_name, args=list(args), producer=producer)
+        except Exception:
+            logger.warning("could not send %d tasks now; the relay will", len(tasks), exc_info=True)
+
+
+_publisher: BackgroundPublisher | None = None
+
+
+def start_background_publisher() -> None:
+    """From now on this process sends tasks from a background thread (the API does this)."""
+    global _publisher
+    if _publisher is None or not _publisher.alive:
+        _publisher = BackgroundPublisher(celery_app)
+
+
+def stop_background_publisher(timeout: float = 5.0) -> None:
+    global _publisher
+    if _publisher is not None:
+        _publisher.stop(timeout)
+        _publisher = None
+
+
 def enqueue_after_commit(session: Session, task_name: str, *args: Any) -> None:
     session.info.setdefault(_PENDING, []).append((task_name, args))
 
@@ -108,7 +190,11 @@ def _send_pending_tasks(session: Session) -> None:
     pending: list[tuple[str, tuple[Any, ...]]] = session.info.pop(_PENDING, [])
     if not pending:
         return
+    publisher = _publisher
     for task_name, args in pending:
+        if publisher is not None:
+            publisher.submit(task_name, args)
+            continue
         try:
             celery_app.send_task(task_name, args=list(args))
         except Exception:

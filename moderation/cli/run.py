@@ -35,13 +35,20 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> None:
 
     from moderation.main import create_app
 
-    uvicorn.run(
-        create_app(settings),
-        host=args.host or settings.api_host,
-        port=args.port or settings.api_port,
-        log_level=settings.log_level.lower(),
-        proxy_headers=True,
-    )
+    options: dict[str, Any] = {
+        "host": args.host or settings.api_host,
+        "port": args.port or settings.api_port,
+        "log_level": settings.log_level.lower(),
+        "proxy_headers": True,
+    }
+    workers = getattr(args, "workers", None) or 1
+    if workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    # One process serves one core's worth of requests. Each of N processes builds its own app
+    # (its own connection pool and key cache) from the same environment, so uvicorn is given
+    # the factory to call rather than an app built here.
+    uvicorn.run("moderation.main:create_app", factory=True, workers=workers, **options)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
@@ -130,7 +137,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     # SystemExit lets the worker be stopped and the embedded database shut down cleanly.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        cmd_api(argparse.Namespace(host=host, port=port), settings)
+        cmd_api(argparse.Namespace(host=host, port=port, workers=args.workers), settings)
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -147,6 +154,9 @@ def register(commands: Any) -> None:
     for command in (up, api):
         command.add_argument("--host")
         command.add_argument("--port", type=int)
+        command.add_argument(
+            "--workers", type=int, default=1, help="API processes, to use more than one core"
+        )
     worker = add_command(commands, "worker", cmd_worker, "run a Celery worker (and the relay)")
     worker.add_argument("--concurrency", type=int, help="model calls in flight (threads)")
     add_command(

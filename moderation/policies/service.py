@@ -305,17 +305,22 @@ def version_for_submission(
 ) -> PolicyVersion:
     """The version a new submission is judged by: the active one of the named policy (default
     `default`), or the exact version pinned with `slug@N`, whatever its status."""
-    match = _POLICY_REF.fullmatch(reference or DEFAULT_POLICY)
-    if match is None:
-        raise _bad_policy_field(f"{reference!r} is not a policy slug or slug@version")
-    slug, pinned = match["slug"], match["version"]
+    slug, pinned = parse_policy_reference(reference)
     if pinned is None:
         return active_version(session, tenant_id, slug)
     policy = repository.get_policy(session, tenant_id, slug)
-    version = None if policy is None else repository.get_version(session, policy.id, int(pinned))
+    version = None if policy is None else repository.get_version(session, policy.id, pinned)
     if version is None:
         raise _bad_policy_field(f"this tenant's policy {slug!r} has no version {pinned}")
     return version
+
+
+def parse_policy_reference(reference: str | None) -> tuple[str, int | None]:
+    """(slug, pinned version number or None) of a submission's `policy` field."""
+    match = _POLICY_REF.fullmatch(reference or DEFAULT_POLICY)
+    if match is None:
+        raise _bad_policy_field(f"{reference!r} is not a policy slug or slug@version")
+    return match["slug"], int(match["version"]) if match["version"] else None
 
 
 def _bad_policy_field(message: str) -> ValidationFailed:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import and_, bindparam, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB
 from sqlalchemy.orm import Session, defer
+from sqlalchemy.types import Integer, String, Text, Uuid
 
 from moderation.decisions.models import Action, Decision, ShadowOutcome
 from moderation.submissions.models import (
@@ -20,18 +22,106 @@ from moderation.submissions.models import (
 )
 
 
-def insert_submission(session: Session, values: dict[str, Any]) -> uuid.UUID | None:
-    """Insert unless (tenant, external_id) exists; None means it already did.
+@dataclass(frozen=True)
+class NewImageRow:
+    url: str | None
+    data: bytes | None
+    sha256: str | None
 
-    ON CONFLICT makes two concurrent identical webhooks safe without a retry loop.
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What the one ingest statement did: the new row's id, or why there is none."""
+
+    created_id: uuid.UUID | None
+    # False when the tenant has no such policy version; nothing was written then.
+    version_found: bool
+
+
+# Ingest's whole write, in one round trip: the policy version the submission is judged by, the
+# idempotent insert, its images and its first two audit events. Each write reads from the one
+# before it, so nothing after the insert runs when (tenant, external_id) already exists or the
+# policy has no such version. The events are inserted in order in one statement: the audit
+# chain's trigger sees the rows inserted before it in the same statement, so they chain.
+_INGEST = text(
     """
-    statement = (
-        insert(Submission)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["tenant_id", "external_id"])
-        .returning(Submission.id)
-    )
-    return session.execute(statement).scalar_one_or_none()
+WITH version AS (
+    SELECT v.id, v.version
+    FROM policy_versions v JOIN policies p ON p.id = v.policy_id
+    WHERE p.tenant_id = :tenant_id AND p.slug = :slug
+      AND CASE WHEN CAST(:pinned AS integer) IS NULL THEN v.status = 'active'
+               ELSE v.version = CAST(:pinned AS integer) END
+), inserted AS (
+    INSERT INTO submissions (id, tenant_id, external_id, payload_sha256, text, metadata,
+                             callback_url, policy_version_id, status, attempts)
+    SELECT :id, :tenant_id, :external_id, :payload_sha256, :text, :metadata,
+           :callback_url, version.id, 'queued', 0
+    FROM version
+    ON CONFLICT (tenant_id, external_id) DO NOTHING
+    RETURNING id
+), images AS (
+    INSERT INTO submission_images (id, submission_id, position, source_url, source_data,
+                                   source_sha256)
+    SELECT gen_random_uuid(), inserted.id, image.position - 1, image.url, image.data, image.sha
+    FROM inserted,
+         unnest(CAST(:urls AS text[]), CAST(:datas AS bytea[]), CAST(:shas AS text[]))
+             WITH ORDINALITY AS image(url, data, sha, position)
+), events AS (
+    INSERT INTO audit_events (tenant_id, submission_id, event, actor, data)
+    SELECT :tenant_id, inserted.id, event.name, event.actor, event.data
+    FROM inserted, version, LATERAL (VALUES
+        (1, 'received', CAST(:actor AS text),
+         jsonb_build_object('images', CAST(:image_count AS integer),
+                            'policy_version', version.version)),
+        (2, 'queued', 'system', CAST('{}' AS jsonb))
+    ) AS event(ordinal, name, actor, data)
+    ORDER BY event.ordinal
+)
+SELECT (SELECT id FROM inserted) AS created_id, EXISTS (SELECT 1 FROM version) AS version_found
+"""
+).bindparams(
+    bindparam("id", type_=Uuid()),
+    bindparam("tenant_id", type_=Uuid()),
+    bindparam("slug", type_=String()),
+    bindparam("pinned", type_=Integer()),
+    bindparam("external_id", type_=String()),
+    bindparam("payload_sha256", type_=String()),
+    bindparam("text", type_=Text()),
+    bindparam("metadata", type_=JSONB()),
+    bindparam("callback_url", type_=String()),
+    bindparam("urls", type_=ARRAY(Text())),
+    bindparam("datas", type_=ARRAY(BYTEA())),
+    bindparam("shas", type_=ARRAY(Text())),
+    bindparam("actor", type_=Text()),
+    bindparam("image_count", type_=Integer()),
+)
+
+
+def ingest_submission(
+    session: Session,
+    values: dict[str, Any],
+    *,
+    policy_slug: str,
+    pinned_version: int | None,
+    images: Sequence[NewImageRow],
+    actor: str,
+) -> IngestResult:
+    """Insert a queued submission with its images and `received`/`queued` events, unless
+    (tenant, external_id) exists or the policy has no such version."""
+    row = session.execute(
+        _INGEST,
+        {
+            **values,
+            "slug": policy_slug,
+            "pinned": pinned_version,
+            "urls": [image.url for image in images],
+            "datas": [image.data for image in images],
+            "shas": [image.sha256 for image in images],
+            "actor": actor,
+            "image_count": len(images),
+        },
+    ).one()
+    return IngestResult(created_id=row.created_id, version_found=bool(row.version_found))
 
 
 def find_by_external_id(

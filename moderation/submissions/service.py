@@ -23,7 +23,6 @@ from moderation.queue import MODERATE_SUBMISSION, enqueue_after_commit
 from moderation.submissions import repository
 from moderation.submissions.models import (
     Submission,
-    SubmissionImage,
     SubmissionStatus,
     Verdict,
     VerdictRole,
@@ -127,10 +126,23 @@ def new_submission_from_json(body: SubmissionCreate, settings: Settings) -> NewS
     )
 
 
+@dataclass(frozen=True)
+class StoredSubmission:
+    """Enough of a stored submission to answer its ingest request."""
+
+    id: uuid.UUID
+    external_id: str
+    status: SubmissionStatus
+
+
 def create_submission(
     session: Session, principal: Principal, new: NewSubmission, settings: Settings
-) -> tuple[Submission, bool]:
-    """Store the submission and queue its moderation; (submission, created)."""
+) -> tuple[StoredSubmission, bool]:
+    """Store the submission and queue its moderation; (submission, created).
+
+    The common case, a new submission, is one statement: the row, its images and its audit
+    events written together (see `repository.ingest_submission`).
+    """
     if new.callback_url is not None:
         check_callback_url(new.callback_url, settings)
     if len(new.images) > settings.image_max_count:
@@ -139,65 +151,45 @@ def create_submission(
             errors=[{"loc": ["body", "images"], "msg": "too many images", "type": "value_error"}],
         )
     payload_sha256 = new.payload_sha256()
+    slug, pinned = policies.parse_policy_reference(new.policy)
+    result = repository.ingest_submission(
+        session,
+        {
+            "id": uuid.uuid4(),
+            "tenant_id": principal.tenant_id,
+            "external_id": new.external_id,
+            "payload_sha256": payload_sha256,
+            "text": new.text,
+            "metadata": new.metadata,
+            "callback_url": new.callback_url,
+        },
+        policy_slug=slug,
+        pinned_version=pinned,
+        images=[
+            repository.NewImageRow(
+                url=image.url,
+                data=image.data,
+                sha256=hashlib.sha256(image.data).hexdigest() if image.data else None,
+            )
+            for image in new.images
+        ],
+        actor=principal.actor,
+    )
+    if result.created_id is not None:
+        enqueue_after_commit(session, MODERATE_SUBMISSION, str(result.created_id))
+        return StoredSubmission(result.created_id, new.external_id, SubmissionStatus.queued), True
+    # Already submitted (a redelivery, or a concurrent twin that committed first).
     existing = repository.find_by_external_id(session, principal.tenant_id, new.external_id)
     if existing is None:
-        version = policies.version_for_submission(session, principal.tenant_id, new.policy)
-        submission_id = repository.insert_submission(
-            session,
-            {
-                "id": uuid.uuid4(),
-                "tenant_id": principal.tenant_id,
-                "external_id": new.external_id,
-                "payload_sha256": payload_sha256,
-                "text": new.text,
-                "metadata": new.metadata,
-                "callback_url": new.callback_url,
-                "policy_version_id": version.id,
-                "status": SubmissionStatus.queued,
-                "attempts": 0,
-            },
-        )
-        if submission_id is not None:
-            _store_new_images(session, submission_id, new.images)
-            audit.record_event(
-                session,
-                principal.tenant_id,
-                submission_id,
-                "received",
-                principal.actor,
-                {"images": len(new.images), "policy_version": version.version},
-            )
-            audit.record_event(session, principal.tenant_id, submission_id, "queued", "system", {})
-            enqueue_after_commit(session, MODERATE_SUBMISSION, str(submission_id))
-            submission = repository.get(session, submission_id)
-            assert submission is not None
-            return submission, True
-        # Lost a race with an identical concurrent request: fall through to the winner's row.
-        existing = repository.find_by_external_id(session, principal.tenant_id, new.external_id)
-        assert existing is not None
+        if not result.version_found:
+            # Raises the precise reason: no such policy, no active version, no such pin.
+            policies.version_for_submission(session, principal.tenant_id, new.policy)
+        raise Conflict(f"external_id {new.external_id!r} is being submitted concurrently")
     if existing.payload_sha256 != payload_sha256:
         raise Conflict(
             f"external_id {new.external_id!r} was already submitted with a different payload"
         )
-    return existing, False
-
-
-def _store_new_images(
-    session: Session, submission_id: uuid.UUID, images: list[ImageSource]
-) -> None:
-    repository.add_all(
-        session,
-        [
-            SubmissionImage(
-                submission_id=submission_id,
-                position=position,
-                source_url=image.url,
-                source_data=image.data,
-                source_sha256=hashlib.sha256(image.data).hexdigest() if image.data else None,
-            )
-            for position, image in enumerate(images)
-        ],
-    )
+    return StoredSubmission(existing.id, existing.external_id, existing.status), False
 
 
 def get_submission(session: Session, principal: Principal, submission_id: uuid.UUID) -> Submission:
