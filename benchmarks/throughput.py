@@ -160,7 +160,7 @@ def start_profiler(pid: int, out: Path) -> tuple[subprocess.Popen[bytes], Path]:
     """py-spy sampling a worker's on-CPU stacks (all threads), without pausing it."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     process = subprocess.Popen(
-        [py_spy, "record", "--nonblocking", "--format", "raw", "--rate", "200",
+        [py_spy, "record", "--gil", "--format", "raw", "--rate", "100",
          "--output", str(out), "--pid", str(pid)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -170,6 +170,7 @@ def start_profiler(pid: int, out: Path) -> tuple[subprocess.Popen[bytes], Path]:
 def stop_profilers(profilers: list[tuple[subprocess.Popen[bytes], Path]]) -> dict[str, Any]:
     """Where the sampled CPU went: the share of samples in each frame (inclusive), top first."""
     inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
     total = 0
     for process, out in profilers:
         process.send_signal(signal.SIGINT)
@@ -181,13 +182,18 @@ def stop_profilers(profilers: list[tuple[subprocess.Popen[bytes], Path]]) -> dic
             if not count.isdigit():
                 continue
             total += int(count)
-            frames = {re.sub(r" \(.*?:\d+\)$", "", f) for f in stack.split(";")}
-            for frame in frames:
+            named = [re.sub(r" \(.*?:\d+\)$", "", f) for f in stack.split(";")]
+            for frame in set(named):
                 inclusive[frame] = inclusive.get(frame, 0) + int(count)
-    top = sorted(inclusive.items(), key=lambda kv: -kv[1])[:40]
+            # The innermost frame of this project's or a library's code: where the time is spent.
+            leaf = named[-1] if named else "?"
+            own[leaf] = own.get(leaf, 0) + int(count)
+    top = sorted(inclusive.items(), key=lambda kv: -kv[1])[:60]
+    top_own = sorted(own.items(), key=lambda kv: -kv[1])[:30]
     return {
         "samples": total,
         "inclusive_share": {frame: round(n / total, 3) for frame, n in top} if total else {},
+        "self_share": {frame: round(n / total, 3) for frame, n in top_own} if total else {},
     }
 
 
@@ -675,7 +681,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             warm = [dict(b, external_id=b["external_id"] + "-warm") for b in ingest_bodies[:64]]
             await blast(api_base, warm, ingest_headers, args.connections)
             statements.reset()
+            profilers = (
+                [start_profiler(api.process.pid, workdir / "profile-api.txt")]
+                if args.profile
+                else []
+            )
             ingest_load = await blast(api_base, ingest_bodies, ingest_headers, args.connections)
+            if profilers:
+                figures["api_profile"] = stop_profilers(profilers)
             counted = per_item(statements.calls(), len(ingest_bodies))
             figures["ingest"] = ingest_load.summary() | {
                 "round_trips_per_request": counted["round_trips"],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from moderation import models  # noqa: F401 - every mapper registered before the first flush
 from moderation.config import Settings
@@ -62,15 +63,34 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
-def request_session(request: Request) -> Iterator[Session]:
+async def request_session(request: Request) -> AsyncIterator[Session]:
     """One session per request, committed when the handler returns.
 
     Declared with scope="function" (see DbSession) so the commit happens before the response is
-    sent: a client that sees 202 can rely on the row being there.
+    sent: a client that sees 202 can rely on the row being there. Opening a session touches no
+    connection, so it happens on the event loop; the commit, which does, runs in a worker
+    thread, and a request that never used the database skips even that.
     """
     factory: sessionmaker[Session] = request.app.state.sessionmaker
-    with session_scope(factory) as session:
+    session = factory()
+    try:
         yield session
+    except BaseException:
+        # Also on cancellation, where nothing may be awaited any more: returning the connection
+        # rolls it back, a short blocking step on a path that is rare.
+        session.close()
+        raise
+    if session.in_transaction():
+        await run_in_threadpool(_commit_and_close, session)
+    else:
+        session.close()
+
+
+def _commit_and_close(session: Session) -> None:
+    try:
+        session.commit()
+    finally:
+        session.close()
 
 
 DbSession = Annotated[Session, Depends(request_session, scope="function")]

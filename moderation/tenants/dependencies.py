@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Header
+from starlette.concurrency import run_in_threadpool
 
 from moderation.core.openapi import RoleRequirement
 from moderation.database import DbSession
@@ -24,12 +25,15 @@ class RequireRoles(RoleRequirement):
         self.allowed = frozenset(roles)
         self.roles = frozenset(role.value for role in roles)
 
-    def __call__(
+    async def __call__(
         self,
         session: DbSession,
         authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> Principal:
-        principal = service.authenticate(session, authorization)
+        # A key seen moments ago needs no query, and so no hop to a worker thread either.
+        principal = service.recently_authenticated(authorization)
+        if principal is None:
+            principal = await run_in_threadpool(service.authenticate, session, authorization)
         service.require_role(principal, self.allowed)
         return principal
 

@@ -176,13 +176,25 @@ def create_api_key(
     return IssuedKey(key=repository.add_api_key(session, key), secret=secret)
 
 
-def authenticate(session: Session, authorization: str | None) -> Principal:
+def _bearer_secret(authorization: str | None) -> str:
     if not authorization:
         raise Unauthorized("missing Authorization: Bearer <api key>")
     scheme, _, secret = authorization.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthorized("Authorization must be 'Bearer <api key>'")
-    key_sha256 = hash_api_key(secret.strip())
+    return secret.strip()
+
+
+def recently_authenticated(authorization: str | None) -> Principal | None:
+    """The caller, if this process looked the key up moments ago; no database needed."""
+    try:
+        return _live_keys.get(hash_api_key(_bearer_secret(authorization)))
+    except Unauthorized:
+        return None
+
+
+def authenticate(session: Session, authorization: str | None) -> Principal:
+    key_sha256 = hash_api_key(_bearer_secret(authorization))
     cached = _live_keys.get(key_sha256)
     if cached is not None:
         return cached
@@ -193,6 +205,11 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
     principal = Principal(tenant_id=key.tenant_id, role=key.role, key_id=key.id, name=key.name)
     _live_keys.put(key_sha256, principal)
     return principal
+
+
+def known_not_to_sign(tenant_id: uuid.UUID) -> bool:
+    """True when this process learnt moments ago that the tenant sends unsigned submissions."""
+    return _signs_submissions.get(tenant_id) is False
 
 
 def signs_submissions(session: Session, tenant_id: uuid.UUID) -> bool:

@@ -258,6 +258,10 @@ class InboundCheck:
     repeat_of: StoredAnswer | None = None
 
 
+# The check's result for a tenant that does not sign its submissions.
+UNSIGNED = InboundCheck(webhook_id=None)
+
+
 def check_signed_submission(
     session: Session, tenant_id: uuid.UUID, headers: Mapping[str, str], body: bytes
 ) -> InboundCheck:
