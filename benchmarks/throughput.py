@@ -686,11 +686,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if args.profile
                 else []
             )
+            api_cpu_before = cpu_seconds(api.process.pid)
             ingest_load = await blast(api_base, ingest_bodies, ingest_headers, args.connections)
+            api_cpu = cpu_seconds(api.process.pid) - api_cpu_before
             if profilers:
                 figures["api_profile"] = stop_profilers(profilers)
             counted = per_item(statements.calls(), len(ingest_bodies))
             figures["ingest"] = ingest_load.summary() | {
+                "api_cpu_ms_per_request": round(api_cpu * 1000 / len(ingest_bodies), 2),
                 "round_trips_per_request": counted["round_trips"],
                 "statements": counted["statements"],
             }
@@ -807,6 +810,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.stop_all()
         if private is not None:
             private.stop()
+        if args.keep:
+            print(f"logs, profiles and the private database are in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     return figures
 
 
@@ -829,6 +836,7 @@ def table(figures: dict[str, Any]) -> str:
         add(f"{name} p50/p95/p99 ms", f"{load['p50_ms']} / {load['p95_ms']} / {load['p99_ms']}")
         add(f"{name} load generator CPU ms/request", load["client_cpu_ms_per_request"])
     if "ingest" in figures:
+        add("ingest API CPU ms/request", figures["ingest"]["api_cpu_ms_per_request"])
         add("ingest db round trips/request", figures["ingest"]["round_trips_per_request"])
     for mix, result in figures["pipeline"].items():
         add(f"pipeline[{mix}] /s", f"{result['rate_per_s']} of {result['bound_per_s']} "
@@ -883,6 +891,9 @@ def main() -> int:
         "--phases",
         default=",".join(PHASES),
         help=f"which phases to run, comma-separated (default all: {','.join(PHASES)})",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the working directory (logs, profiles)"
     )
     parser.add_argument(
         "--profile", action="store_true", help="sample the workers with py-spy during the pipeline"
