@@ -23,7 +23,7 @@ from moderation.pipeline.runtime import WORKER_ACTOR, PipelineRuntime
 from moderation.pipeline.shadow import ShadowRun, ShadowVersion, judge_in_shadow
 from moderation.pipeline.verdicts import verdict_rows
 from moderation.policies.schemas import PolicyDocument
-from moderation.policies.service import document_for_version, shadow_for
+from moderation.policies.service import document_for_version
 from moderation.submissions import repository
 from moderation.submissions.models import VerdictRole
 
@@ -93,11 +93,19 @@ def _deadline(runtime: PipelineRuntime) -> float:
 def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | None:
     settings = runtime.settings
     with session_scope(runtime.sessions) as session:
-        submission = repository.claim(session, submission_id, timedelta(seconds=settings.lease_s))
-        if submission is None:
+        claimed = repository.claim(
+            session,
+            submission_id,
+            timedelta(seconds=settings.lease_s),
+            actor=WORKER_ACTOR,
+            max_attempts=settings.max_attempts,
+        )
+        if claimed is None:
             logger.info("submission %s is decided or held by another worker", submission_id)
             return None
-        if submission.attempts > settings.max_attempts:
+        if claimed.attempts > settings.max_attempts:
+            submission = repository.get(session, claimed.id)
+            assert submission is not None
             finish_without_judging(
                 session,
                 submission,
@@ -105,29 +113,24 @@ def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | Non
                 f"gave up after {settings.max_attempts} attempts that did not finish",
             )
             return None
-        record_event(
-            session,
-            submission.tenant_id,
-            submission.id,
-            "processing_started",
-            WORKER_ACTOR,
-            {"attempt": submission.attempts},
-        )
-        assert submission.lease_token is not None
-        shadow = shadow_for(session, submission.policy_version_id)
+        shadow = claimed.shadow_version_id
         return WorkItem(
-            submission_id=submission.id,
-            tenant_id=submission.tenant_id,
-            lease_token=submission.lease_token,
-            attempt=submission.attempts,
-            text=submission.text,
-            policy_version_id=submission.policy_version_id,
-            policy=document_for_version(session, submission.policy_version_id),
+            submission_id=claimed.id,
+            tenant_id=claimed.tenant_id,
+            lease_token=claimed.lease_token,
+            attempt=claimed.attempts,
+            text=claimed.text,
+            policy_version_id=claimed.policy_version_id,
+            policy=document_for_version(session, claimed.policy_version_id),
             images=[
                 SourceImage(image.position, image.source_url, image.source_data)
-                for image in repository.images_of(session, submission.id, with_source=True)
+                for image in claimed.images
             ],
-            shadow=ShadowVersion(shadow[0].id, shadow[1]) if shadow is not None else None,
+            shadow=(
+                ShadowVersion(shadow, document_for_version(session, shadow))
+                if shadow is not None
+                else None
+            ),
         )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB
 from sqlalchemy.orm import Session, defer
-from sqlalchemy.types import Integer, String, Text, Uuid
+from sqlalchemy.types import Integer, Interval, String, Text, Uuid
 
 from moderation.decisions.models import Action, Decision, ShadowOutcome
 from moderation.submissions.models import (
@@ -248,31 +248,97 @@ def shadow_outcomes_of(session: Session, submission_id: uuid.UUID) -> list[Shado
     )
 
 
-def claim(session: Session, submission_id: uuid.UUID, lease: timedelta) -> Submission | None:
+@dataclass(frozen=True)
+class ClaimedImage:
+    position: int
+    source_url: str | None
+    source_data: bytes | None
+
+
+@dataclass(frozen=True)
+class ClaimedWork:
+    """A submission this worker now holds the lease on, with what judging it needs."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    lease_token: uuid.UUID
+    attempts: int
+    text: str | None
+    policy_version_id: uuid.UUID
+    # Another version of the same policy in shadow now, if there is one.
+    shadow_version_id: uuid.UUID | None
+    images: list[ClaimedImage]
+
+
+# A worker's claim, in one round trip: take the lease if nobody holds a live one, note the
+# start in the audit trail (not when the attempts are used up: that run only records the give-
+# up), and read back the text, the images' sources and the policy's shadow version. The audit
+# chain's trigger locks the submission row, which this same statement has just updated, so it
+# adds no wait.
+_CLAIM = text(
+    """
+WITH claimed AS (
+    UPDATE submissions
+    SET status = 'processing', lease_token = :lease_token, lease_expires_at = now() + :lease,
+        attempts = attempts + 1, updated_at = now()
+    WHERE id = :submission_id
+      AND (status = 'queued' OR (status = 'processing' AND lease_expires_at < now()))
+    RETURNING id, tenant_id, text, policy_version_id, attempts
+), started AS (
+    INSERT INTO audit_events (tenant_id, submission_id, event, actor, data)
+    SELECT tenant_id, id, 'processing_started', :actor, jsonb_build_object('attempt', attempts)
+    FROM claimed WHERE attempts <= :max_attempts
+)
+SELECT claimed.id, claimed.tenant_id, claimed.text, claimed.policy_version_id, claimed.attempts,
+       (SELECT shadow.id FROM policy_versions live
+        JOIN policy_versions shadow
+          ON shadow.policy_id = live.policy_id AND shadow.status = 'shadow'
+        WHERE live.id = claimed.policy_version_id AND shadow.id <> live.id) AS shadow_version_id,
+       image.position, image.source_url, image.source_data
+FROM claimed LEFT JOIN submission_images image ON image.submission_id = claimed.id
+ORDER BY image.position
+"""
+).bindparams(
+    bindparam("submission_id", type_=Uuid()),
+    bindparam("lease_token", type_=Uuid()),
+    bindparam("lease", type_=Interval()),
+    bindparam("actor", type_=Text()),
+    bindparam("max_attempts", type_=Integer()),
+)
+
+
+def claim(
+    session: Session, submission_id: uuid.UUID, lease: timedelta, *, actor: str, max_attempts: int
+) -> ClaimedWork | None:
     """Take the work if nobody holds a live lease on it; a second delivery gets None."""
-    now = func.now()
-    statement = (
-        update(Submission)
-        .where(
-            Submission.id == submission_id,
-            or_(
-                Submission.status == SubmissionStatus.queued,
-                and_(
-                    Submission.status == SubmissionStatus.processing,
-                    Submission.lease_expires_at < now,
-                ),
-            ),
-        )
-        .values(
-            status=SubmissionStatus.processing,
-            lease_token=uuid.uuid4(),
-            lease_expires_at=now + lease,
-            attempts=Submission.attempts + 1,
-        )
-        .returning(Submission)
-        .execution_options(synchronize_session=False)
+    lease_token = uuid.uuid4()
+    rows = session.execute(
+        _CLAIM,
+        {
+            "submission_id": submission_id,
+            "lease_token": lease_token,
+            "lease": lease,
+            "actor": actor,
+            "max_attempts": max_attempts,
+        },
+    ).all()
+    if not rows:
+        return None
+    first = rows[0]
+    return ClaimedWork(
+        id=first.id,
+        tenant_id=first.tenant_id,
+        lease_token=lease_token,
+        attempts=first.attempts,
+        text=first.text,
+        policy_version_id=first.policy_version_id,
+        shadow_version_id=first.shadow_version_id,
+        images=[
+            ClaimedImage(row.position, row.source_url, row.source_data)
+            for row in rows
+            if row.position is not None
+        ],
     )
-    return session.scalars(statement).one_or_none()
 
 
 def find_reusable_verdict(
