@@ -63,6 +63,18 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
+@contextmanager
+def read_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for one read, on a connection in autocommit: no BEGIN and COMMIT round trips
+    around a statement that needs no transaction. Nothing written through it is kept."""
+    session = factory()
+    try:
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
+    finally:
+        session.close()
+
+
 async def request_session(request: Request) -> AsyncIterator[Session]:
     """One session per request, committed when the handler returns.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from moderation.database import session_scope
+from moderation.database import read_scope
 from moderation.decisions.models import ReviewReason
 from moderation.decisions.rules import Outcome, decide, failure
 from moderation.media.decode import NormalizedImage, normalize_image
@@ -124,7 +124,7 @@ def _reusable_verdict(
 ) -> Verdict | None:
     """The same images, text, policy version and model were judged before for this tenant."""
     fingerprint = runtime.vlm.prompt_fingerprint(policy, images, text)
-    with session_scope(runtime.sessions) as session:
+    with read_scope(runtime.sessions) as session:
         verdict = repository.find_reusable_verdict(
             session, tenant_id, fingerprint, runtime.vlm.model
         )
