@@ -17,6 +17,7 @@ from moderation.database import get_sessionmaker, resolve_database_url
 from moderation.ops.router import SubmissionCollector
 from moderation.ops.router import router as ops_router
 from moderation.policies.router import router as policies_router
+from moderation.reports.router import router as reports_router
 from moderation.submissions.router import router as submissions_router
 from moderation.vlm.client import VLMClient
 
@@ -55,4 +56,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops_router)
     app.include_router(submissions_router)
     app.include_router(policies_router)
+    app.include_router(reports_router)
     return app

@@ -1,0 +1,397 @@
+"""All SQL of the reports: aggregates over one tenant's submissions, decisions and verdicts.
+
+A report first gathers one compact row per submission in scope into a temporary table (its
+automatic decision, its final human decision, its latest parsed verdict and what its model
+calls cost), in a single pass over the three large tables. Every figure is then a GROUP BY over
+that table, so the large tables are read once however many figures the report shows. The table
+lives until the transaction ends.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from moderation.policies.models import Policy, PolicyVersion
+
+# Decisions a person made; every other source is automatic (the model, a cached verdict, a hash
+# bank match, or the pipeline failing to judge).
+HUMAN_SOURCES = ("reviewer", "appeal")
+
+# Which submissions a report covers; repeated in each subquery below so that each one joins
+# the tenant's rows through the (tenant_id, created_at) index instead of a materialized list.
+_IN_SCOPE = """
+    s.tenant_id = :tenant_id
+    AND s.created_at >= :since AND s.created_at < :until
+    AND (CAST(:version_ids AS uuid[]) IS NULL OR s.policy_version_id = ANY(:version_ids))
+"""
+
+# Only the constant _IN_SCOPE is interpolated: no value ever reaches this text.
+_GATHER_ITEMS = f"""
+CREATE TEMPORARY TABLE report_items ON COMMIT DROP AS
+WITH automatic AS (
+    SELECT DISTINCT ON (d.submission_id) d.submission_id, d.action, d.reason
+    FROM decisions AS d
+    JOIN submissions AS s ON s.id = d.submission_id
+    WHERE {_IN_SCOPE} AND d.source NOT IN ('reviewer', 'appeal')
+    ORDER BY d.submission_id, d.created_at DESC, d.id DESC
+),
+human AS (
+    -- A person never "decides" review, so such a row (should one exist) is not a label.
+    SELECT DISTINCT ON (d.submission_id) d.submission_id, d.action, d.categories
+    FROM decisions AS d
+    JOIN submissions AS s ON s.id = d.submission_id
+    WHERE {_IN_SCOPE} AND d.source IN ('reviewer', 'appeal') AND d.action <> 'review'
+    ORDER BY d.submission_id, d.created_at DESC, d.id DESC
+),
+verdict AS (
+    -- The verdict the decision was made on: the last one that parsed, of the last attempt.
+    SELECT DISTINCT ON (v.submission_id)
+           v.submission_id,
+           v.parsed ->> 'rating' AS rating,
+           CAST(v.parsed ->> 'confidence' AS numeric) AS confidence,
+           CASE WHEN v.parsed ->> 'rating' = 'unsafe'
+                 AND jsonb_typeof(v.parsed -> 'violations') = 'array'
+                THEN v.parsed -> 'violations' ELSE '[]' END AS violations,
+           v.rating_probability
+    FROM verdicts AS v
+    JOIN submissions AS s ON s.id = v.submission_id
+    WHERE {_IN_SCOPE} AND v.parsed IS NOT NULL
+    ORDER BY v.submission_id, v.attempt DESC, v.sequence DESC, v.created_at DESC
+),
+costs AS (
+    -- Only calls that reached the model: a reused verdict costs nothing and took no time.
+    SELECT v.submission_id,
+           count(*) AS calls,
+           sum(v.latency_ms) AS latency_ms,
+           sum(coalesce(v.input_tokens, 0) + coalesce(v.output_tokens, 0)) AS tokens
+    FROM verdicts AS v
+    JOIN submissions AS s ON s.id = v.submission_id
+    WHERE {_IN_SCOPE} AND v.reused_from_id IS NULL
+    GROUP BY v.submission_id
+)
+SELECT s.id,
+       s.policy_version_id AS version_id,
+       automatic.action AS auto_action,
+       automatic.reason AS auto_reason,
+       human.action AS human_action,
+       CASE WHEN human.action IN ('restrict', 'block')
+            THEN ARRAY(SELECT DISTINCT coalesce(c.value ->> 'category', c.value #>> '{{}}')
+                       FROM jsonb_array_elements(
+                           CASE jsonb_typeof(human.categories)
+                                WHEN 'array' THEN human.categories ELSE '[]' END) AS c
+                       ORDER BY 1)
+            ELSE '{{}}'::text[] END AS human_categories,
+       verdict.rating,
+       verdict.confidence,
+       verdict.violations,
+       -- The verdict as the decision rules see it, at whole-percent confidence: sorted
+       -- [category, severity, percent] triples, so equal verdicts group together.
+       CASE WHEN verdict.rating = 'unsafe' THEN (
+            SELECT coalesce(jsonb_agg(jsonb_build_array(
+                       v.value ->> 'category',
+                       CAST(v.value ->> 'severity' AS int),
+                       CAST(floor(CAST(v.value ->> 'confidence' AS numeric) * 100) AS int))
+                   ORDER BY v.value ->> 'category', CAST(v.value ->> 'severity' AS int),
+                            CAST(v.value ->> 'confidence' AS numeric)), '[]')
+            FROM jsonb_array_elements(verdict.violations) AS v)
+       ELSE '[]' END AS shape,
+       verdict.rating_probability,
+       coalesce(costs.calls, 0) AS calls,
+       costs.latency_ms,
+       costs.tokens
+FROM submissions AS s
+LEFT JOIN automatic ON automatic.submission_id = s.id
+LEFT JOIN human ON human.submission_id = s.id
+LEFT JOIN verdict ON verdict.submission_id = s.id
+LEFT JOIN costs ON costs.submission_id = s.id
+WHERE {_IN_SCOPE}
+"""  # noqa: S608
+
+
+def find_policy(session: Session, slug: str) -> Policy | None:
+    return session.scalars(select(Policy).where(Policy.slug == slug)).one_or_none()
+
+
+def policy_version_ids(
+    session: Session, policy_id: uuid.UUID, version: int | None
+) -> list[uuid.UUID]:
+    query = select(PolicyVersion.id).where(PolicyVersion.policy_id == policy_id)
+    if version is not None:
+        query = query.where(PolicyVersion.version == version)
+    return list(session.scalars(query))
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    id: uuid.UUID
+    slug: str
+    title: str
+    version: int
+    document: dict[str, Any]
+
+
+def versions_by_id(session: Session, ids: list[uuid.UUID]) -> list[VersionRow]:
+    rows = session.execute(
+        select(
+            PolicyVersion.id,
+            Policy.slug,
+            Policy.title,
+            PolicyVersion.version,
+            PolicyVersion.document,
+        )
+        .join(Policy, Policy.id == PolicyVersion.policy_id)
+        .where(PolicyVersion.id.in_(ids))
+        .order_by(Policy.slug, PolicyVersion.version)
+    )
+    return [VersionRow(*row) for row in rows]
+
+
+def _tune_for_aggregates(session: Session) -> None:
+    """Settings for this transaction only.
+
+    JIT compilation costs more than it saves on a query that runs once in well under a second,
+    and the default work_mem sends the per-submission sorts to disk.
+    """
+    session.execute(text("SET LOCAL jit = off"))
+    session.execute(text("SET LOCAL work_mem = '64MB'"))
+
+
+def gather_items(
+    session: Session,
+    tenant_id: uuid.UUID,
+    since: datetime,
+    until: datetime,
+    version_ids: list[uuid.UUID] | None,
+) -> None:
+    """Fill `report_items` for this transaction; every query below reads it."""
+    _tune_for_aggregates(session)
+    session.execute(text("DROP TABLE IF EXISTS pg_temp.report_items"))
+    session.execute(
+        text(_GATHER_ITEMS),
+        {"tenant_id": tenant_id, "since": since, "until": until, "version_ids": version_ids},
+    )
+
+
+def explain_gather_items(
+    session: Session,
+    tenant_id: uuid.UUID,
+    since: datetime,
+    until: datetime,
+    version_ids: list[uuid.UUID] | None,
+) -> str:
+    """The executed plan of the gathering pass, for the speed benchmark's notes."""
+    _tune_for_aggregates(session)
+    session.execute(text("DROP TABLE IF EXISTS pg_temp.report_items"))
+    rows = session.execute(
+        text("EXPLAIN (ANALYZE, BUFFERS) " + _GATHER_ITEMS),
+        {"tenant_id": tenant_id, "since": since, "until": until, "version_ids": version_ids},
+    )
+    plan = "\n".join(row[0] for row in rows)
+    session.execute(text("DROP TABLE IF EXISTS pg_temp.report_items"))
+    return plan
+
+
+def item_versions(session: Session) -> list[uuid.UUID]:
+    return list(session.scalars(text("SELECT DISTINCT version_id FROM report_items")))
+
+
+@dataclass(frozen=True)
+class OutcomeCount:
+    """Submissions sharing one automatic outcome, one human label and one verdict rating."""
+
+    version_id: uuid.UUID
+    auto_action: str | None
+    auto_reason: str | None
+    human_action: str | None
+    rating: str | None
+    items: int
+
+
+def outcome_counts(session: Session) -> list[OutcomeCount]:
+    rows = session.execute(
+        text(
+            """
+            SELECT version_id, auto_action, auto_reason, human_action, rating, count(*)
+            FROM report_items
+            GROUP BY version_id, auto_action, auto_reason, human_action, rating
+            """
+        )
+    )
+    return [OutcomeCount(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class CostRow:
+    version_id: uuid.UUID
+    items_with_calls: int
+    median_latency_ms: float | None
+    median_tokens: float | None
+    total_tokens: int
+
+
+def costs(session: Session) -> list[CostRow]:
+    rows = session.execute(
+        text(
+            """
+            SELECT version_id,
+                   count(*) FILTER (WHERE calls > 0),
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)
+                       FILTER (WHERE calls > 0),
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY tokens) FILTER (WHERE calls > 0),
+                   coalesce(sum(tokens), 0)
+            FROM report_items
+            GROUP BY version_id
+            """
+        )
+    )
+    return [CostRow(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class CategoryCount:
+    """Per category, among reviewed submissions with a verdict: who said it was violated."""
+
+    version_id: uuid.UUID
+    category: str
+    by_model: int
+    by_person: int
+    by_both: int
+
+
+def category_counts(session: Session) -> list[CategoryCount]:
+    rows = session.execute(
+        text(
+            """
+            WITH labelled AS (
+                SELECT id, version_id, human_categories,
+                       ARRAY(SELECT DISTINCT v.value ->> 'category'
+                             FROM jsonb_array_elements(violations) AS v) AS model_categories
+                FROM report_items
+                -- Items neither side named a category for only count as true negatives, and
+                -- those are derived from the number of labelled items.
+                WHERE human_action IS NOT NULL AND rating IS NOT NULL
+                  AND (rating = 'unsafe' OR human_categories <> '{}')
+            ),
+            named AS (
+                SELECT l.version_id,
+                       c.category,
+                       c.category = ANY(l.model_categories) AS by_model,
+                       c.category = ANY(l.human_categories) AS by_person
+                FROM labelled AS l
+                CROSS JOIN LATERAL (
+                    SELECT unnest(l.model_categories) UNION SELECT unnest(l.human_categories)
+                ) AS c(category)
+            )
+            SELECT version_id, category,
+                   count(*) FILTER (WHERE by_model),
+                   count(*) FILTER (WHERE by_person),
+                   count(*) FILTER (WHERE by_model AND by_person)
+            FROM named
+            GROUP BY version_id, category
+            """
+        )
+    )
+    return [CategoryCount(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class CalibrationBin:
+    """Reviewed submissions whose score fell in one tenth of [0, 1].
+
+    `scale` is what was binned: "confidence" (the rating confidence the model wrote),
+    "rating_probability" (the rating token's probability, where stored) or "category" (the
+    confidence of a flagged category's strongest violation). `confirmed` counts those a person
+    agreed with: the rating for the first two, the category for the last.
+    """
+
+    version_id: uuid.UUID
+    scale: str
+    category: str | None
+    bin: int
+    items: int
+    score_sum: float
+    confirmed: int
+
+
+def calibration_bins(session: Session, bins: int) -> list[CalibrationBin]:
+    rows = session.execute(
+        text(
+            """
+            WITH labelled AS (
+                SELECT *, (rating = 'unsafe') = (human_action IN ('restrict', 'block'))
+                          AS rating_confirmed
+                FROM report_items
+                WHERE human_action IS NOT NULL AND rating IS NOT NULL
+            ),
+            scored AS (
+                SELECT version_id, 'confidence' AS scale, NULL AS category,
+                       CAST(confidence AS float8) AS score, rating_confirmed AS confirmed
+                FROM labelled
+                UNION ALL
+                SELECT version_id, 'rating_probability', NULL, rating_probability,
+                       rating_confirmed
+                FROM labelled
+                WHERE rating_probability IS NOT NULL
+                UNION ALL
+                SELECT l.version_id, 'category', v.value ->> 'category',
+                       max(CAST(v.value ->> 'confidence' AS float8)),
+                       bool_or((v.value ->> 'category') = ANY(l.human_categories))
+                FROM labelled AS l
+                CROSS JOIN LATERAL jsonb_array_elements(l.violations) AS v
+                GROUP BY l.version_id, l.id, v.value ->> 'category'
+            )
+            SELECT version_id, scale, category,
+                   least(greatest(width_bucket(score, 0, 1, :bins), 1), :bins) AS bin,
+                   count(*), sum(score), count(*) FILTER (WHERE confirmed)
+            FROM scored
+            GROUP BY version_id, scale, category, bin
+            """
+        ),
+        {"bins": bins},
+    )
+    return [CalibrationBin(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class VerdictShape:
+    """Submissions whose verdicts the decision rules cannot tell apart at 0.01 steps.
+
+    Confidences are floored to whole percent, which is exact for any threshold on the 0.01 grid
+    (c >= t exactly when floor(100c) >= 100t). `violations` holds [category, severity,
+    percent] triples in a stable order; `safe_percent` is the rating confidence of a safe
+    verdict (an unsafe verdict's own confidence plays no part in the rules).
+    """
+
+    version_id: uuid.UUID
+    rating: str
+    safe_percent: int | None
+    violations: list[list[Any]]
+    human_action: str | None
+    human_categories: list[str]
+    items: int
+
+
+def verdict_shapes(session: Session) -> list[VerdictShape]:
+    rows = session.execute(
+        text(
+            """
+            SELECT version_id,
+                   rating,
+                   CASE WHEN rating = 'safe' THEN CAST(floor(confidence * 100) AS int) END,
+                   shape,
+                   human_action,
+                   human_categories,
+                   count(*)
+            FROM report_items
+            WHERE rating IN ('safe', 'unsafe')
+            GROUP BY 1, 2, 3, 4, 5, 6
+            """
+        )
+    )
+    return [VerdictShape(*row) for row in rows]

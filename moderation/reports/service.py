@@ -1,0 +1,542 @@
+"""The agreement report: how the model's verdicts and decisions compare with reviewers'.
+
+Labels are final reviewer decisions (the latest decision by a reviewer or on appeal). The
+database aggregates; this module turns counts into rates, replays the decision rules for the
+threshold sweeps, and says in plain words what to change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
+
+from sqlalchemy.orm import Session
+
+from moderation.core.errors import NotFound, ValidationFailed
+from moderation.core.time import utcnow
+from moderation.decisions.models import Action
+from moderation.policies.schemas import PolicyDocument
+from moderation.reports import repository
+from moderation.reports.metrics import (
+    Rate,
+    binary_metrics,
+    cohen_kappa,
+    expected_calibration_error,
+    rate,
+)
+from moderation.reports.schemas import (
+    AgreementReport,
+    Calibration,
+    CalibrationBin,
+    CategoryReport,
+    CategorySuggestion,
+    CategoryThresholdPoint,
+    Cost,
+    DecisionMatrix,
+    MinConfidenceSuggestion,
+    ReasonCount,
+    ReportScope,
+    ThresholdPoint,
+    ThresholdSweep,
+    VersionReport,
+)
+from moderation.reports.thresholds import (
+    SWEEP_PERCENTS,
+    Shape,
+    Tally,
+    group_shapes,
+    replay,
+    sweep_category_thresholds,
+    sweep_min_confidence,
+)
+
+DEFAULT_WINDOW = timedelta(days=30)
+CALIBRATION_BINS = 10
+MODEL_ACTIONS = [a.value for a in (Action.allow, Action.restrict, Action.block, Action.review)]
+REVIEWER_ACTIONS = [a.value for a in (Action.allow, Action.restrict, Action.block)]
+_ENFORCING = {Action.restrict.value, Action.block.value}
+
+
+@dataclass(frozen=True)
+class ReportRequest:
+    tenant_id: uuid.UUID
+    policy: str | None = None
+    version: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    target_precision: float = 0.95
+
+
+def agreement_report(session: Session, request: ReportRequest) -> AgreementReport:
+    scope = _scope(request)
+    version_ids = None
+    if request.policy is not None:
+        policy = repository.find_policy(session, request.policy)
+        if policy is None:
+            raise NotFound(f"no policy named {request.policy!r}")
+        version_ids = repository.policy_version_ids(session, policy.id, request.version)
+        if not version_ids:
+            raise NotFound(f"policy {request.policy} has no version {request.version}")
+    repository.gather_items(session, request.tenant_id, scope.since, scope.until, version_ids)
+    found = repository.item_versions(session)
+    versions = repository.versions_by_id(session, found) if found else []
+
+    outcomes = _by_version(repository.outcome_counts(session))
+    costs = {row.version_id: row for row in repository.costs(session)}
+    categories = _by_version(repository.category_counts(session))
+    calibration = _by_version(repository.calibration_bins(session, CALIBRATION_BINS))
+    shapes = _by_version(repository.verdict_shapes(session))
+    return AgreementReport(
+        scope=scope,
+        generated_at=utcnow(),
+        versions=[
+            _version_report(
+                row,
+                PolicyDocument.model_validate(row.document),
+                outcomes.get(row.id, []),
+                costs.get(row.id),
+                categories.get(row.id, []),
+                calibration.get(row.id, []),
+                group_shapes(
+                    (
+                        s.rating,
+                        s.safe_percent,
+                        s.violations,
+                        s.human_action,
+                        s.human_categories,
+                        s.items,
+                    )
+                    for s in shapes.get(row.id, [])
+                ),
+                scope.target_precision,
+            )
+            for row in versions
+        ],
+    )
+
+
+def _scope(request: ReportRequest) -> ReportScope:
+    errors = []
+    if request.version is not None and request.policy is None:
+        errors.append(
+            {"loc": ["query", "version"], "msg": "a version needs a policy", "type": "value_error"}
+        )
+    if not 0 < request.target_precision < 1:
+        errors.append(
+            {
+                "loc": ["query", "target_precision"],
+                "msg": "must be between 0 and 1, exclusive",
+                "type": "value_error",
+            }
+        )
+    until = request.until or utcnow()
+    since = request.since or until - DEFAULT_WINDOW
+    for name, moment in (("since", since), ("until", until)):
+        if moment.tzinfo is None:
+            errors.append(
+                {"loc": ["query", name], "msg": "needs a time zone offset", "type": "value_error"}
+            )
+    if not errors and since >= until:
+        errors.append(
+            {"loc": ["query", "since"], "msg": "must be before until", "type": "value_error"}
+        )
+    if errors:
+        raise ValidationFailed("the report's parameters are not valid", errors=errors)
+    return ReportScope(
+        tenant_id=request.tenant_id,
+        policy=request.policy,
+        version=request.version,
+        since=since,
+        until=until,
+        target_precision=request.target_precision,
+    )
+
+
+class _PerVersion(Protocol):
+    @property
+    def version_id(self) -> uuid.UUID: ...
+
+
+_Row = TypeVar("_Row", bound=_PerVersion)
+
+
+def _by_version(rows: list[_Row]) -> dict[uuid.UUID, list[_Row]]:
+    grouped: dict[uuid.UUID, list[_Row]] = defaultdict(list)
+    for row in rows:
+        grouped[row.version_id].append(row)
+    return grouped
+
+
+def _version_report(
+    row: repository.VersionRow,
+    policy: PolicyDocument,
+    outcomes: list[repository.OutcomeCount],
+    cost: repository.CostRow | None,
+    category_counts: list[repository.CategoryCount],
+    calibration: list[repository.CalibrationBin],
+    shapes: list[Shape],
+    target: float,
+) -> VersionReport:
+    matrix = [[0] * len(REVIEWER_ACTIONS) for _ in MODEL_ACTIONS]
+    reasons: dict[str, int] = defaultdict(int)
+    submissions = pending = reviewed = automatic = to_review = 0
+    unsafe_tp = unsafe_fp = unsafe_fn = unsafe_tn = 0
+    for outcome in outcomes:
+        n = outcome.items
+        submissions += n
+        if outcome.auto_action is None:
+            pending += n
+        elif outcome.auto_action == Action.review.value:
+            to_review += n
+            reasons[outcome.auto_reason or "unspecified"] += n
+        else:
+            automatic += n
+        if outcome.human_action is None:
+            continue
+        reviewed += n
+        if outcome.auto_action is not None:
+            matrix[MODEL_ACTIONS.index(outcome.auto_action)][
+                REVIEWER_ACTIONS.index(outcome.human_action)
+            ] += n
+        if outcome.rating in ("safe", "unsafe"):
+            flagged = outcome.rating == "unsafe"
+            violating = outcome.human_action in _ENFORCING
+            if flagged and violating:
+                unsafe_tp += n
+            elif flagged:
+                unsafe_fp += n
+            elif violating:
+                unsafe_fn += n
+            else:
+                unsafe_tn += n
+
+    decided_pairs = matrix[: len(REVIEWER_ACTIONS)]  # rows allow, restrict, block
+    paired = sum(map(sum, decided_pairs))
+    agreed = sum(decided_pairs[i][i] for i in range(len(REVIEWER_ACTIONS)))
+    allow = REVIEWER_ACTIONS.index(Action.allow.value)
+    reversed_ = sum(
+        count
+        for i, line in enumerate(decided_pairs)
+        for j, count in enumerate(line)
+        if (i == allow) != (j == allow)
+    )
+
+    sweep, suggestion, category_suggestions, replayed = _thresholds(policy, shapes, target)
+    category_reports = _category_reports(
+        policy,
+        category_counts,
+        calibration,
+        unsafe_tp + unsafe_fp + unsafe_fn + unsafe_tn,
+        replayed,
+    )
+    report = VersionReport(
+        policy=row.slug,
+        version=row.version,
+        title=row.title,
+        submissions=submissions,
+        pending=pending,
+        reviewed=reviewed,
+        automatic_rate=rate(automatic, automatic + to_review),
+        review_rate=rate(to_review, automatic + to_review),
+        decisions=DecisionMatrix(
+            model_actions=MODEL_ACTIONS, reviewer_actions=REVIEWER_ACTIONS, counts=matrix
+        ),
+        agreement=rate(agreed, paired),
+        kappa=cohen_kappa(decided_pairs),
+        overturn_rate=rate(reversed_, paired),
+        flagging=binary_metrics(unsafe_tp, unsafe_fp, unsafe_fn, unsafe_tn),
+        categories=category_reports,
+        calibration=[
+            _calibration(scale, [b for b in calibration if b.scale == scale and b.category is None])
+            for scale in ("confidence", "rating_probability")
+            if scale == "confidence" or any(b.scale == scale for b in calibration)
+        ],
+        cost=Cost(
+            items_with_model_calls=cost.items_with_calls if cost else 0,
+            median_latency_ms=cost.median_latency_ms if cost else None,
+            median_tokens=cost.median_tokens if cost else None,
+            total_tokens=int(cost.total_tokens) if cost else 0,
+        ),
+        review_reasons=[
+            ReasonCount(reason=reason, items=n)
+            for reason, n in sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+        ],
+        thresholds=sweep,
+        suggestion=suggestion,
+        category_suggestions=category_suggestions,
+        summary=[],
+    )
+    report.summary = summarize(report)
+    return report
+
+
+def _calibration(scale: str, bins: list[repository.CalibrationBin]) -> Calibration:
+    width = 1 / CALIBRATION_BINS
+    ordered = sorted(bins, key=lambda b: b.bin)
+    return Calibration(
+        scale=scale,
+        bins=[
+            CalibrationBin(
+                low=round((b.bin - 1) * width, 6),
+                high=round(b.bin * width, 6),
+                items=b.items,
+                mean_score=b.score_sum / b.items,
+                observed=rate(b.confirmed, b.items),
+            )
+            for b in ordered
+        ],
+        expected_calibration_error=expected_calibration_error(
+            [(b.items, b.score_sum, b.confirmed) for b in ordered]
+        ),
+    )
+
+
+def _category_reports(
+    policy: PolicyDocument,
+    counts: list[repository.CategoryCount],
+    calibration: list[repository.CalibrationBin],
+    labelled: int,
+    current: Tally,
+) -> list[CategoryReport]:
+    by_id = {c.category: c for c in counts}
+    names = {c.id: c.name for c in policy.categories}
+    ordered = [c.id for c in policy.categories] + sorted(set(by_id) - set(names))
+    reports = []
+    for category in ordered:
+        count = by_id.get(category)
+        model, person, both = (
+            (count.by_model, count.by_person, count.by_both) if count else (0, 0, 0)
+        )
+        reports.append(
+            CategoryReport(
+                category=category,
+                name=names.get(category),
+                flagging=binary_metrics(
+                    both, model - both, person - both, labelled - model - person + both
+                ),
+                enforcement_precision=_category_precision(current, category),
+                calibration=_calibration(
+                    "category",
+                    [b for b in calibration if b.scale == "category" and b.category == category],
+                ),
+            )
+        )
+    return reports
+
+
+def _point(min_confidence: float, tally: Tally) -> ThresholdPoint:
+    return ThresholdPoint(
+        min_confidence=min_confidence,
+        automatic=rate(tally.automatic, tally.items),
+        error=rate(tally.disagreements, tally.reviewed_automatic),
+        precision=rate(tally.enforced_confirmed, tally.enforced_reviewed),
+    )
+
+
+def _category_precision(tally: Tally, category: str) -> Rate:
+    enforced, upheld = tally.by_category.get(category, [0, 0])
+    return rate(upheld, enforced)
+
+
+def _meets(precision: Rate, target: float) -> bool:
+    return precision.value is not None and precision.value >= target
+
+
+def _thresholds(
+    policy: PolicyDocument, shapes: list[Shape], target: float
+) -> tuple[ThresholdSweep, MinConfidenceSuggestion, list[CategorySuggestion], Tally]:
+    current = replay(shapes, policy, policy.min_confidence)
+    current_point = _point(policy.min_confidence, current)
+    points = [
+        _point(percent / 100, tally)
+        for percent, tally in zip(SWEEP_PERCENTS, sweep_min_confidence(shapes, policy), strict=True)
+    ]
+    thresholds_now = {(c.id, c.block_at, c.restrict_at) for c in policy.categories}
+    category_points = [
+        CategoryThresholdPoint(
+            category=setting.category,
+            block_at=setting.block_at,
+            restrict_at=setting.restrict_at,
+            current=(setting.category, setting.block_at, setting.restrict_at) in thresholds_now,
+            automatic=rate(setting.tally.automatic, setting.tally.items),
+            error=rate(setting.tally.disagreements, setting.tally.reviewed_automatic),
+            precision=_category_precision(setting.tally, setting.category),
+        )
+        for setting in sweep_category_thresholds(shapes, policy)
+    ]
+    sweep = ThresholdSweep(
+        replayable_items=current.items,
+        current_min_confidence=policy.min_confidence,
+        current=current_point,
+        min_confidence=points,
+        categories=category_points,
+    )
+
+    def more_to_review(point: ThresholdPoint | CategoryThresholdPoint) -> float | None:
+        if current_point.automatic.value is None or point.automatic.value is None:
+            return None
+        return current_point.automatic.value - point.automatic.value
+
+    reaching = next((p for p in points if _meets(p.precision, target)), None)
+    suggestion = MinConfidenceSuggestion(
+        target_precision=target,
+        reached=reaching is not None,
+        min_confidence=reaching.min_confidence if reaching else None,
+        point=reaching or max(points, key=lambda p: p.precision.value or -1.0, default=None),
+        interval_clears_target=bool(
+            reaching and reaching.precision.low is not None and reaching.precision.low >= target
+        ),
+        more_to_review=more_to_review(reaching) if reaching else None,
+    )
+
+    category_suggestions = []
+    for category in policy.categories:
+        now = _category_precision(current, category.id)
+        if now.denominator == 0 or _meets(now, target):
+            continue
+        options = [
+            p for p in category_points if p.category == category.id and _meets(p.precision, target)
+        ]
+        best = max(options, key=lambda p: p.automatic.value or 0.0, default=None)
+        category_suggestions.append(
+            CategorySuggestion(
+                category=category.id,
+                current_precision=now,
+                reached=best is not None,
+                block_at=best.block_at if best else None,
+                restrict_at=best.restrict_at if best else None,
+                precision=best.precision if best else None,
+                more_to_review=more_to_review(best) if best else None,
+            )
+        )
+    return sweep, suggestion, category_suggestions, current
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.0f}%"
+
+
+def _interval(r: Rate) -> str:
+    if r.low is None or r.high is None:
+        return ""
+    return f" (95% interval {r.low * 100:.0f}-{r.high * 100:.0f}%, n={r.denominator})"
+
+
+def _review_shift(share: float | None) -> str:
+    if share is None or abs(share) < 0.005:
+        return "about as many items would go to review"
+    if share > 0:
+        return f"{share * 100:.0f}% more items would go to review"
+    return f"{-share * 100:.0f}% fewer items would go to review"
+
+
+def _misses(recall: Rate) -> bool:
+    """Recall clearly under 80%, on enough items to say so."""
+    return recall.value is not None and recall.denominator >= 5 and recall.value < 0.8
+
+
+def summarize(report: VersionReport) -> list[str]:
+    """What a policy owner should take away, and change, in a few sentences."""
+    lines: list[str] = []
+    target = report.suggestion.target_precision
+    if report.reviewed == 0:
+        lines.append(
+            f"No submission judged with {report.policy} v{report.version} in this range has a "
+            "reviewer's decision yet, so nothing here compares the model with people."
+        )
+        return lines
+    lines.append(
+        f"{_percent(report.automatic_rate.value)} of {report.submissions:,} submissions were "
+        f"decided automatically. Reviewers saw {report.agreement.denominator:,} of those automatic "
+        f"decisions and agreed with {_percent(report.agreement.value)}"
+        + (f" (Cohen's kappa {report.kappa:.2f})" if report.kappa is not None else "")
+        + f"; they reversed {_percent(report.overturn_rate.value)}."
+    )
+
+    suggestion = report.suggestion
+    current = report.thresholds.current
+    now = report.thresholds.current_min_confidence
+    if suggestion.reached and suggestion.point and suggestion.min_confidence is not None:
+        point = suggestion.point
+        achieved = (
+            f"{_percent(point.precision.value)} of restrictions and blocks would be upheld"
+            f"{_interval(point.precision)}"
+        )
+        if abs(suggestion.min_confidence - now) < 1e-9:
+            verb = f"Keep min_confidence at {now:.2f}:"
+        elif suggestion.min_confidence > now:
+            verb = f"Raise min_confidence from {now:.2f} to {suggestion.min_confidence:.2f}"
+            verb += (
+                f" to reach {_percent(target)} precision (now {_percent(current.precision.value)}):"
+            )
+        else:
+            verb = f"Lower min_confidence from {now:.2f} to {suggestion.min_confidence:.2f}:"
+        line = f"{verb} {achieved}, and {_review_shift(suggestion.more_to_review)}."
+        if not suggestion.interval_clears_target:
+            line += (
+                f" The interval's lower end is under {_percent(target)}: review more items "
+                "before relying on this."
+            )
+        lines.append(line)
+    elif suggestion.point is not None and suggestion.point.precision.value is not None:
+        lines.append(
+            f"No min_confidence between 0.50 and 0.99 reaches {_percent(target)} precision; the "
+            f"best is {_percent(suggestion.point.precision.value)} at "
+            f"{suggestion.point.min_confidence:.2f}. Thresholds alone will not get there: read "
+            "the categories below and the items reviewers reversed."
+        )
+
+    for advice in report.category_suggestions:
+        label = advice.category
+        if advice.reached and advice.precision is not None:
+            setting = f"block_at {advice.block_at}"
+            if advice.restrict_at is not None:
+                setting += f" and restrict_at {advice.restrict_at}"
+            lines.append(
+                f"{label}: {_percent(advice.current_precision.value)} of its restrictions and "
+                f"blocks were upheld{_interval(advice.current_precision)}. With {setting} it "
+                f"would reach {_percent(advice.precision.value)}, and "
+                f"{_review_shift(advice.more_to_review)}."
+            )
+        else:
+            lines.append(
+                f"{label}: {_percent(advice.current_precision.value)} of its restrictions and "
+                f"blocks were upheld{_interval(advice.current_precision)}, and no severity "
+                f"threshold reaches {_percent(target)}. Sharpen its definition and examples."
+            )
+
+    missed = sorted(
+        (c for c in report.categories if _misses(c.flagging.recall)),
+        key=lambda c: c.flagging.recall.value or 0.0,
+    )
+    if missed:
+        listed = ", ".join(
+            f"{c.category} {_percent(c.flagging.recall.value)}"
+            f" ({c.flagging.false_negatives:,} of {c.flagging.recall.denominator:,} missed)"
+            for c in missed
+        )
+        lines.append(
+            f"The model misses more than a fifth of what reviewers mark in {len(missed)} "
+            f"categor{'y' if len(missed) == 1 else 'ies'} (recall: {listed}). Add examples of "
+            "what it misses to those definitions."
+        )
+
+    stated = next((c for c in report.calibration if c.scale == "confidence"), None)
+    token = next((c for c in report.calibration if c.scale == "rating_probability"), None)
+    if stated and stated.expected_calibration_error is not None:
+        gap = stated.expected_calibration_error
+        if gap > 0.1:
+            line = (
+                f"The model's stated confidence is off from what reviewers confirm by "
+                f"{gap * 100:.0f} points on average: read it as a ranking, not a probability."
+            )
+            if token and token.expected_calibration_error is not None:
+                line += (
+                    f" The rating token's probability is off by "
+                    f"{token.expected_calibration_error * 100:.0f} points."
+                )
+            lines.append(line)
+    return lines
