@@ -3,9 +3,6 @@ on random data."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,7 +13,6 @@ from sklearn.metrics import (
     precision_score,
     recall_score,
 )
-from sqlalchemy.orm import Session
 
 from moderation.database import get_sessionmaker, session_scope
 from moderation.decisions.models import Action

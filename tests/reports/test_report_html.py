@@ -21,7 +21,8 @@ from tests.reports.factories import add_item, make_policy, verdict
 PROBE = """<script>
 window.__errors = [];
 window.addEventListener("error", (event) => {
-  window.__errors.push(event.message || ("failed to load " + (event.target && event.target.src || "").slice(0, 60)));
+  const source = (event.target && event.target.src) || "";
+  window.__errors.push(event.message || "failed to load " + source.slice(0, 60));
 }, true);
 window.addEventListener("load", () => {
   const images = Array.from(document.images);
