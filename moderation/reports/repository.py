@@ -176,6 +176,9 @@ def gather_items(
         text(_GATHER_ITEMS),
         {"tenant_id": tenant_id, "since": since, "until": until, "version_ids": version_ids},
     )
+    # Without statistics the planner takes the fresh table for a few rows and groups by
+    # sorting; with them it hashes, several times faster on a hundred thousand rows.
+    session.execute(text("ANALYZE report_items"))
 
 
 def explain_gather_items(

@@ -448,13 +448,22 @@ def summarize(report: VersionReport) -> list[str]:
             "reviewer's decision yet, so nothing here compares the model with people."
         )
         return lines
-    lines.append(
+    decided = (
         f"{_percent(report.automatic_rate.value)} of {report.submissions:,} submissions were "
-        f"decided automatically. Reviewers saw {report.agreement.denominator:,} of those automatic "
-        f"decisions and agreed with {_percent(report.agreement.value)}"
-        + (f" (Cohen's kappa {report.kappa:.2f})" if report.kappa is not None else "")
-        + f"; they reversed {_percent(report.overturn_rate.value)}."
+        "decided automatically."
     )
+    if report.agreement.denominator == 0:
+        lines.append(
+            f"{decided} Reviewers have not decided any of the automatic decisions yet, only "
+            "what was sent to them: review a sample of automatic decisions to measure them."
+        )
+    else:
+        kappa = f" (Cohen's kappa {report.kappa:.2f})" if report.kappa is not None else ""
+        lines.append(
+            f"{decided} Reviewers saw {report.agreement.denominator:,} of the automatic "
+            f"decisions and agreed with {_percent(report.agreement.value)}{kappa}; they "
+            f"reversed {_percent(report.overturn_rate.value)}."
+        )
 
     suggestion = report.suggestion
     current = report.thresholds.current

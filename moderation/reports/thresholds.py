@@ -239,18 +239,27 @@ def sweep_category_thresholds(
 ) -> list[CategorySetting]:
     """For each category and each of its possible severity thresholds, the whole replay.
 
-    Only shapes that mention the category can change, so the rest are replayed once.
+    Only shapes with a confident violation of the category can change, so the rest keep the
+    outcome they have under the policy as it is.
     """
     baseline_by_shape = [
         decide(shape.verdict, policy, min_confidence=policy.min_confidence) for shape in shapes
     ]
     results = []
     for category in policy.categories:
-        touched = [i for i, shape in enumerate(shapes) if category.id in shape.categories]
+        # A category's severity thresholds only matter where it has a confident violation.
+        touched = [
+            i
+            for i, shape in enumerate(shapes)
+            if any(
+                name == category.id and percent / 100 >= policy.min_confidence
+                for name, _, percent in shape.violations
+            )
+        ]
+        untouched = set(range(len(shapes))) - set(touched)
         base = Tally()
-        for i, shape in enumerate(shapes):
-            if category.id not in shape.categories:
-                base.add(baseline_by_shape[i], shape)
+        for i in untouched:
+            base.add(baseline_by_shape[i], shapes[i])
         for block_at, restrict_at in CATEGORY_SETTINGS:
             changed = category.model_copy(update={"block_at": block_at, "restrict_at": restrict_at})
             variant = policy.model_copy(

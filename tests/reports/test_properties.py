@@ -227,8 +227,37 @@ def test_threshold_sweep_equals_running_the_rules_on_every_verdict(sessions, row
         enforced = [(a, h) for a, h in reviewed if a in (Action.restrict, Action.block)]
         assert point.precision.denominator == len(enforced)
         assert point.precision.numerator == sum(h != "allow" for _, h in enforced)
-    # The category sweep at the policy's own thresholds is the current replay.
+    # Every category setting, against the rules run on every verdict under that setting.
     for option in section.thresholds.categories:
+        changed = policy.model_copy(
+            update={
+                "categories": [
+                    c.model_copy(
+                        update={"block_at": option.block_at, "restrict_at": option.restrict_at}
+                    )
+                    if c.id == option.category
+                    else c
+                    for c in policy.categories
+                ]
+            }
+        )
+        outcomes = [(decide(v, changed), h) for v, h in verdicts]
+        automatic = [(o, h) for o, h in outcomes if o.action is not Action.review]
+        assert option.automatic.numerator == len(automatic), option
+        assert option.error.numerator == sum(
+            h is not None and o.action.value != h for o, h in automatic
+        )
+        for_category = [
+            h
+            for o, h in automatic
+            if h is not None
+            and o.action in (Action.restrict, Action.block)
+            and any(c["category"] == option.category for c in o.categories)
+        ]
+        assert option.precision.denominator == len(for_category)
+        # Reviewers named "hate" whenever they restricted or blocked.
+        upheld = sum(h != "allow" for h in for_category) if option.category == "hate" else 0
+        assert option.precision.numerator == upheld
         if option.current:
             assert option.automatic == section.thresholds.current.automatic
             assert option.error == section.thresholds.current.error
