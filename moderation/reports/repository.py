@@ -50,30 +50,27 @@ human AS (
     ORDER BY d.submission_id, d.created_at DESC, d.id DESC
 ),
 verdict AS (
-    -- The verdict the decision was made on: the last one that parsed, of the last attempt.
+    -- One pass over the submission's verdicts: the one its decision was made on (the last
+    -- that parsed, of the last attempt) and what all its calls cost. A reused verdict reached
+    -- no model: it costs nothing and took no time.
     SELECT DISTINCT ON (v.submission_id)
            v.submission_id,
-           v.parsed ->> 'rating' AS rating,
+           CASE WHEN v.parsed IS NOT NULL THEN v.parsed ->> 'rating' END AS rating,
            CAST(v.parsed ->> 'confidence' AS numeric) AS confidence,
            CASE WHEN v.parsed ->> 'rating' = 'unsafe'
                  AND jsonb_typeof(v.parsed -> 'violations') = 'array'
                 THEN v.parsed -> 'violations' ELSE '[]' END AS violations,
-           v.rating_probability
+           v.rating_probability,
+           count(*) FILTER (WHERE v.reused_from_id IS NULL) OVER calls AS calls,
+           sum(v.latency_ms) FILTER (WHERE v.reused_from_id IS NULL) OVER calls AS latency_ms,
+           sum(coalesce(v.input_tokens, 0) + coalesce(v.output_tokens, 0))
+               FILTER (WHERE v.reused_from_id IS NULL) OVER calls AS tokens
     FROM verdicts AS v
     JOIN submissions AS s ON s.id = v.submission_id
-    WHERE {_IN_SCOPE} AND v.parsed IS NOT NULL
-    ORDER BY v.submission_id, v.attempt DESC, v.sequence DESC, v.created_at DESC
-),
-costs AS (
-    -- Only calls that reached the model: a reused verdict costs nothing and took no time.
-    SELECT v.submission_id,
-           count(*) AS calls,
-           sum(v.latency_ms) AS latency_ms,
-           sum(coalesce(v.input_tokens, 0) + coalesce(v.output_tokens, 0)) AS tokens
-    FROM verdicts AS v
-    JOIN submissions AS s ON s.id = v.submission_id
-    WHERE {_IN_SCOPE} AND v.reused_from_id IS NULL
-    GROUP BY v.submission_id
+    WHERE {_IN_SCOPE}
+    WINDOW calls AS (PARTITION BY v.submission_id)
+    ORDER BY v.submission_id, v.parsed IS NOT NULL DESC, v.attempt DESC, v.sequence DESC,
+             v.created_at DESC
 )
 SELECT s.id,
        s.policy_version_id AS version_id,
@@ -102,14 +99,13 @@ SELECT s.id,
             FROM jsonb_array_elements(verdict.violations) AS v)
        ELSE '[]' END AS shape,
        verdict.rating_probability,
-       coalesce(costs.calls, 0) AS calls,
-       costs.latency_ms,
-       costs.tokens
+       coalesce(verdict.calls, 0) AS calls,
+       CASE WHEN verdict.calls > 0 THEN verdict.latency_ms END AS latency_ms,
+       CASE WHEN verdict.calls > 0 THEN verdict.tokens END AS tokens
 FROM submissions AS s
 LEFT JOIN automatic ON automatic.submission_id = s.id
 LEFT JOIN human ON human.submission_id = s.id
 LEFT JOIN verdict ON verdict.submission_id = s.id
-LEFT JOIN costs ON costs.submission_id = s.id
 WHERE {_IN_SCOPE}
 """  # noqa: S608
 
