@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     relay_grace_s: float = Field(default=60.0, ge=0)
     max_attempts: int = Field(default=3, ge=1, le=20)
 
+    # How long a reviewer holds a claimed task before it returns to the queue, unless renewed;
+    # a claim may ask for its own length, up to review_lease_max_s.
+    review_lease_s: int = Field(default=900, ge=1)
+    review_lease_max_s: int = Field(default=4 * 3600, ge=1)
+
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
     log_level: str = "INFO"
@@ -82,6 +87,10 @@ class Settings(BaseSettings):
         if self.vlm_timeout_s >= self.task_soft_time_limit_s:
             raise ValueError(
                 "MODERATION_VLM_TIMEOUT_S must be below MODERATION_TASK_SOFT_TIME_LIMIT_S"
+            )
+        if self.review_lease_s > self.review_lease_max_s:
+            raise ValueError(
+                "MODERATION_REVIEW_LEASE_S must not exceed MODERATION_REVIEW_LEASE_MAX_S"
             )
         return self
 

@@ -18,6 +18,9 @@ from moderation.ops.router import SubmissionCollector
 from moderation.ops.router import router as ops_router
 from moderation.policies.router import router as policies_router
 from moderation.reports.router import router as reports_router
+from moderation.review.metrics import ReviewCollector
+from moderation.review.router import appeals_router
+from moderation.review.router import router as review_router
 from moderation.submissions.router import router as submissions_router
 from moderation.vlm.client import VLMClient
 
@@ -34,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = factory
         registry = CollectorRegistry()
         registry.register(SubmissionCollector(factory))
+        registry.register(ReviewCollector(factory))
         app.state.metrics_registry = registry
 
         @functools.cache
@@ -56,5 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops_router)
     app.include_router(submissions_router)
     app.include_router(policies_router)
+    app.include_router(review_router)
+    app.include_router(appeals_router)
     app.include_router(reports_router)
     return app

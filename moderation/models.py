@@ -4,6 +4,7 @@ from moderation.audit.models import AuditEvent
 from moderation.core.models import Base
 from moderation.decisions.models import Decision
 from moderation.policies.models import Policy, PolicyVersion
+from moderation.review.models import ReviewTask
 from moderation.submissions.models import Submission, SubmissionImage, Verdict
 from moderation.tenants.models import ApiKey, Tenant
 
@@ -14,6 +15,7 @@ __all__ = [
     "Decision",
     "Policy",
     "PolicyVersion",
+    "ReviewTask",
     "Submission",
     "SubmissionImage",
     "Tenant",
