@@ -68,7 +68,13 @@ verdict AS (
     FROM verdicts AS v
     JOIN submissions AS s ON s.id = v.submission_id
     WHERE {_IN_SCOPE}
-    WINDOW calls AS (PARTITION BY v.submission_id)
+    -- The window's order is DISTINCT ON's, so one sort serves both; the frame still spans
+    -- every call of the submission.
+    WINDOW calls AS (
+        PARTITION BY v.submission_id
+        ORDER BY v.parsed IS NOT NULL DESC, v.attempt DESC, v.sequence DESC, v.created_at DESC
+        ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING
+    )
     ORDER BY v.submission_id, v.parsed IS NOT NULL DESC, v.attempt DESC, v.sequence DESC,
              v.created_at DESC
 )
