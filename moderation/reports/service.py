@@ -415,8 +415,8 @@ def _thresholds(
     return sweep, suggestion, category_suggestions, current
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 100:.0f}%"
+def _percent(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value * 100:.{digits}f}%"
 
 
 def _interval(r: Rate) -> str:
@@ -426,11 +426,10 @@ def _interval(r: Rate) -> str:
 
 
 def _review_shift(share: float | None) -> str:
-    if share is None or abs(share) < 0.005:
+    if share is None or abs(share) < 0.0005:
         return "about as many items would go to review"
-    if share > 0:
-        return f"{share * 100:.0f}% more items would go to review"
-    return f"{-share * 100:.0f}% fewer items would go to review"
+    amount = _percent(abs(share), 1 if abs(share) < 0.01 else 0)
+    return f"{amount} {'more' if share > 0 else 'fewer'} items would go to review"
 
 
 def _misses(recall: Rate) -> bool:
@@ -498,24 +497,33 @@ def summarize(report: VersionReport) -> list[str]:
             "the categories below and the items reviewers reversed."
         )
 
+    thresholds_now = {c.category: c for c in report.thresholds.categories if c.current}
+    unreachable = []
     for advice in report.category_suggestions:
-        label = advice.category
-        if advice.reached and advice.precision is not None:
-            setting = f"block_at {advice.block_at}"
-            if advice.restrict_at is not None:
-                setting += f" and restrict_at {advice.restrict_at}"
-            lines.append(
-                f"{label}: {_percent(advice.current_precision.value)} of its restrictions and "
-                f"blocks were upheld{_interval(advice.current_precision)}. With {setting} it "
-                f"would reach {_percent(advice.precision.value)}, and "
-                f"{_review_shift(advice.more_to_review)}."
-            )
-        else:
-            lines.append(
-                f"{label}: {_percent(advice.current_precision.value)} of its restrictions and "
-                f"blocks were upheld{_interval(advice.current_precision)}, and no severity "
-                f"threshold reaches {_percent(target)}. Sharpen its definition and examples."
-            )
+        upheld = _percent(advice.current_precision.value, 1)
+        if not advice.reached or advice.precision is None:
+            unreachable.append(f"{advice.category} {upheld}")
+            continue
+        now_setting = thresholds_now.get(advice.category)
+        setting = f"block_at {advice.block_at}"
+        if now_setting is not None and now_setting.block_at != advice.block_at:
+            setting += f" (now {now_setting.block_at})"
+        if advice.restrict_at is not None or (now_setting and now_setting.restrict_at):
+            restrict = "none" if advice.restrict_at is None else str(advice.restrict_at)
+            setting += f" and restrict_at {restrict}"
+            if now_setting is not None and now_setting.restrict_at != advice.restrict_at:
+                setting += f" (now {now_setting.restrict_at or 'none'})"
+        lines.append(
+            f"{advice.category}: {upheld} of its restrictions and blocks were upheld"
+            f"{_interval(advice.current_precision)}. With {setting} it would reach "
+            f"{_percent(advice.precision.value, 1)}, and {_review_shift(advice.more_to_review)}."
+        )
+    if unreachable:
+        lines.append(
+            f"No severity threshold gets {', '.join(unreachable)} (restrictions and blocks "
+            f"upheld) to {_percent(target)}: sharpen those definitions and their examples, "
+            "starting with the items reviewers reversed."
+        )
 
     missed = sorted(
         (c for c in report.categories if _misses(c.flagging.recall)),
