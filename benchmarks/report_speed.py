@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 import urllib.parse
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,6 +136,15 @@ def _generate(url: str, tenant_id: uuid.UUID, version_id: uuid.UUID, items: int)
     return time.perf_counter() - started
 
 
+def _process_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of a local process (the database backend serving us)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # a remote server: only wall time is known
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -179,12 +190,16 @@ def main() -> int:
 
         request = ReportRequest(tenant_id=tenant_id)
         timings: dict[str, list[float]] = {"json": [], "csv": [], "html": []}
+        cpu: dict[str, list[float]] = {"json": [], "csv": [], "html": []}
         report = None
         for _ in range(args.runs):
             for form in timings:
-                started = time.perf_counter()
+                started, started_cpu = time.perf_counter(), time.process_time()
                 with session_scope(sessions) as session:
+                    backend = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+                    backend_cpu = _process_cpu_s(backend)
                     report = agreement_report(session, request)
+                    backend_cpu = _process_cpu_s(backend) - backend_cpu
                 if form == "json":
                     body = report.model_dump_json()
                 elif form == "csv":
@@ -192,6 +207,7 @@ def main() -> int:
                 else:
                     body = render.render_html(report)
                 timings[form].append(time.perf_counter() - started)
+                cpu[form].append(time.process_time() - started_cpu + backend_cpu)
                 assert body
         assert report is not None
         with session_scope(sessions) as session:
@@ -205,6 +221,10 @@ def main() -> int:
             "replayable_verdicts": section.thresholds.replayable_items,
             "median_s": {form: statistics.median(t) for form, t in timings.items()},
             "max_s": {form: max(t) for form, t in timings.items()},
+            # CPU spent by this process and its database backend: what the wall time comes to
+            # on a machine with no other load (parallel query workers are not counted).
+            "median_cpu_s": {form: statistics.median(t) for form, t in cpu.items()},
+            "load_average": os.getloadavg()[0],
         }
         print(json.dumps(summary, indent=2))
         print("\nEXPLAIN (ANALYZE, BUFFERS) of the gathering pass:\n" + plan)

@@ -83,27 +83,36 @@ SELECT s.id,
        automatic.action AS auto_action,
        automatic.reason AS auto_reason,
        human.action AS human_action,
-       CASE WHEN human.action IN ('restrict', 'block')
-            THEN ARRAY(SELECT DISTINCT coalesce(c.value ->> 'category', c.value #>> '{{}}')
+       CASE WHEN human.action NOT IN ('restrict', 'block') THEN '{{}}'::text[]
+            -- One category is the common case: read it without a subquery.
+            WHEN jsonb_typeof(human.categories) = 'array'
+                 AND jsonb_array_length(human.categories) = 1
+            THEN ARRAY[coalesce(human.categories -> 0 ->> 'category', human.categories ->> 0)]
+            ELSE ARRAY(SELECT DISTINCT coalesce(c.value ->> 'category', c.value #>> '{{}}')
                        FROM jsonb_array_elements(
                            CASE jsonb_typeof(human.categories)
                                 WHEN 'array' THEN human.categories ELSE '[]' END) AS c
-                       ORDER BY 1)
-            ELSE '{{}}'::text[] END AS human_categories,
+                       ORDER BY 1) END AS human_categories,
        verdict.rating,
        verdict.confidence,
        verdict.violations,
        -- The verdict as the decision rules see it, at whole-percent confidence: sorted
        -- [category, severity, percent] triples, so equal verdicts group together.
-       CASE WHEN verdict.rating = 'unsafe' THEN (
+       CASE WHEN verdict.rating IS DISTINCT FROM 'unsafe' THEN '[]'
+            WHEN jsonb_array_length(verdict.violations) = 1 THEN jsonb_build_array(
+                jsonb_build_array(
+                    verdict.violations -> 0 ->> 'category',
+                    CAST(verdict.violations -> 0 ->> 'severity' AS int),
+                    CAST(floor(CAST(verdict.violations -> 0 ->> 'confidence' AS numeric) * 100)
+                         AS int)))
+            ELSE (
             SELECT coalesce(jsonb_agg(jsonb_build_array(
                        v.value ->> 'category',
                        CAST(v.value ->> 'severity' AS int),
                        CAST(floor(CAST(v.value ->> 'confidence' AS numeric) * 100) AS int))
                    ORDER BY v.value ->> 'category', CAST(v.value ->> 'severity' AS int),
                             CAST(v.value ->> 'confidence' AS numeric)), '[]')
-            FROM jsonb_array_elements(verdict.violations) AS v)
-       ELSE '[]' END AS shape,
+            FROM jsonb_array_elements(verdict.violations) AS v) END AS shape,
        verdict.rating_probability,
        coalesce(verdict.calls, 0) AS calls,
        CASE WHEN verdict.calls > 0 THEN verdict.latency_ms END AS latency_ms,
@@ -178,9 +187,6 @@ def gather_items(
         text(_GATHER_ITEMS),
         {"tenant_id": tenant_id, "since": since, "until": until, "version_ids": version_ids},
     )
-    # Without statistics the planner takes the fresh table for a few rows and groups by
-    # sorting; with them it hashes, several times faster on a hundred thousand rows.
-    session.execute(text("ANALYZE report_items"))
 
 
 def explain_gather_items(
@@ -207,28 +213,41 @@ def item_versions(session: Session) -> list[uuid.UUID]:
 
 
 @dataclass(frozen=True)
-class OutcomeCount:
-    """Submissions sharing one automatic outcome, one human label and one verdict rating."""
+class ItemGroup:
+    """Submissions alike in everything the decision figures look at, and how many there are.
+
+    `shape` is the verdict as the decision rules see it: [category, severity, percent] triples
+    with confidences floored to whole percent, which is exact for any threshold on the 0.01 grid
+    (c >= t exactly when floor(100c) >= 100t); empty for a safe verdict. `safe_percent` is a
+    safe verdict's floored confidence (an unsafe verdict's own confidence plays no part in the
+    rules). `human_categories` are those a reviewer named when restricting or blocking.
+    """
 
     version_id: uuid.UUID
     auto_action: str | None
     auto_reason: str | None
     human_action: str | None
+    human_categories: list[str]
     rating: str | None
+    safe_percent: int | None
+    shape: list[list[Any]]
     items: int
 
 
-def outcome_counts(session: Session) -> list[OutcomeCount]:
+def item_groups(session: Session) -> list[ItemGroup]:
     rows = session.execute(
         text(
             """
-            SELECT version_id, auto_action, auto_reason, human_action, rating, count(*)
+            SELECT version_id, auto_action, auto_reason, human_action, human_categories, rating,
+                   CASE WHEN rating = 'safe' THEN CAST(floor(confidence * 100) AS int) END,
+                   shape,
+                   count(*)
             FROM report_items
-            GROUP BY version_id, auto_action, auto_reason, human_action, rating
+            GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
             """
         )
     )
-    return [OutcomeCount(*row) for row in rows]
+    return [ItemGroup(*row) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -259,53 +278,6 @@ def costs(session: Session) -> list[CostRow]:
 
 
 @dataclass(frozen=True)
-class CategoryCount:
-    """Per category, among reviewed submissions with a verdict: who said it was violated."""
-
-    version_id: uuid.UUID
-    category: str
-    by_model: int
-    by_person: int
-    by_both: int
-
-
-def category_counts(session: Session) -> list[CategoryCount]:
-    rows = session.execute(
-        text(
-            """
-            WITH labelled AS (
-                SELECT id, version_id, human_categories,
-                       ARRAY(SELECT DISTINCT v.value ->> 'category'
-                             FROM jsonb_array_elements(violations) AS v) AS model_categories
-                FROM report_items
-                -- Items neither side named a category for only count as true negatives, and
-                -- those are derived from the number of labelled items.
-                WHERE human_action IS NOT NULL AND rating IS NOT NULL
-                  AND (rating = 'unsafe' OR human_categories <> '{}')
-            ),
-            named AS (
-                SELECT l.version_id,
-                       c.category,
-                       c.category = ANY(l.model_categories) AS by_model,
-                       c.category = ANY(l.human_categories) AS by_person
-                FROM labelled AS l
-                CROSS JOIN LATERAL (
-                    SELECT unnest(l.model_categories) UNION SELECT unnest(l.human_categories)
-                ) AS c(category)
-            )
-            SELECT version_id, category,
-                   count(*) FILTER (WHERE by_model),
-                   count(*) FILTER (WHERE by_person),
-                   count(*) FILTER (WHERE by_model AND by_person)
-            FROM named
-            GROUP BY version_id, category
-            """
-        )
-    )
-    return [CategoryCount(*row) for row in rows]
-
-
-@dataclass(frozen=True)
 class CalibrationBin:
     """Reviewed submissions whose score fell in one tenth of [0, 1].
 
@@ -328,9 +300,12 @@ def calibration_bins(session: Session, bins: int) -> list[CalibrationBin]:
     rows = session.execute(
         text(
             """
-            WITH labelled AS (
-                SELECT *, (rating = 'unsafe') = (human_action IN ('restrict', 'block'))
-                          AS rating_confirmed
+            WITH labelled AS NOT MATERIALIZED (
+                -- Read three times, so rescanned each time rather than copied wholesale.
+                SELECT id, version_id, confidence, rating_probability, violations,
+                       human_categories,
+                       (rating = 'unsafe') = (human_action IN ('restrict', 'block'))
+                           AS rating_confirmed
                 FROM report_items
                 WHERE human_action IS NOT NULL AND rating IS NOT NULL
             ),
@@ -361,42 +336,3 @@ def calibration_bins(session: Session, bins: int) -> list[CalibrationBin]:
         {"bins": bins},
     )
     return [CalibrationBin(*row) for row in rows]
-
-
-@dataclass(frozen=True)
-class VerdictShape:
-    """Submissions whose verdicts the decision rules cannot tell apart at 0.01 steps.
-
-    Confidences are floored to whole percent, which is exact for any threshold on the 0.01 grid
-    (c >= t exactly when floor(100c) >= 100t). `violations` holds [category, severity,
-    percent] triples in a stable order; `safe_percent` is the rating confidence of a safe
-    verdict (an unsafe verdict's own confidence plays no part in the rules).
-    """
-
-    version_id: uuid.UUID
-    rating: str
-    safe_percent: int | None
-    violations: list[list[Any]]
-    human_action: str | None
-    human_categories: list[str]
-    items: int
-
-
-def verdict_shapes(session: Session) -> list[VerdictShape]:
-    rows = session.execute(
-        text(
-            """
-            SELECT version_id,
-                   rating,
-                   CASE WHEN rating = 'safe' THEN CAST(floor(confidence * 100) AS int) END,
-                   shape,
-                   human_action,
-                   human_categories,
-                   count(*)
-            FROM report_items
-            WHERE rating IN ('safe', 'unsafe')
-            GROUP BY 1, 2, 3, 4, 5, 6
-            """
-        )
-    )
-    return [VerdictShape(*row) for row in rows]

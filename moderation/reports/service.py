@@ -84,11 +84,9 @@ def agreement_report(session: Session, request: ReportRequest) -> AgreementRepor
     found = repository.item_versions(session)
     versions = repository.versions_by_id(session, found) if found else []
 
-    outcomes = _by_version(repository.outcome_counts(session))
+    groups = _by_version(repository.item_groups(session))
     costs = {row.version_id: row for row in repository.costs(session)}
-    categories = _by_version(repository.category_counts(session))
     calibration = _by_version(repository.calibration_bins(session, CALIBRATION_BINS))
-    shapes = _by_version(repository.verdict_shapes(session))
     return AgreementReport(
         scope=scope,
         generated_at=utcnow(),
@@ -96,21 +94,9 @@ def agreement_report(session: Session, request: ReportRequest) -> AgreementRepor
             _version_report(
                 row,
                 PolicyDocument.model_validate(row.document),
-                outcomes.get(row.id, []),
+                groups.get(row.id, []),
                 costs.get(row.id),
-                categories.get(row.id, []),
                 calibration.get(row.id, []),
-                group_shapes(
-                    (
-                        s.rating,
-                        s.safe_percent,
-                        s.violations,
-                        s.human_action,
-                        s.human_categories,
-                        s.items,
-                    )
-                    for s in shapes.get(row.id, [])
-                ),
                 scope.target_precision,
             )
             for row in versions
@@ -170,21 +156,51 @@ def _by_version(rows: list[_Row]) -> dict[uuid.UUID, list[_Row]]:
     return grouped
 
 
+@dataclass
+class CategoryCount:
+    """Per category, among reviewed submissions with a verdict: who said it was violated."""
+
+    by_model: int = 0
+    by_person: int = 0
+    by_both: int = 0
+
+
+def _category_counts(groups: list[repository.ItemGroup]) -> dict[str, CategoryCount]:
+    counts: dict[str, CategoryCount] = defaultdict(CategoryCount)
+    for group in groups:
+        if group.human_action is None or group.rating not in ("safe", "unsafe"):
+            continue
+        model = {str(category) for category, _, _ in group.shape}
+        person = set(group.human_categories)
+        for category in model | person:
+            count = counts[category]
+            if category in model:
+                count.by_model += group.items
+            if category in person:
+                count.by_person += group.items
+            if category in model and category in person:
+                count.by_both += group.items
+    return counts
+
+
 def _version_report(
     row: repository.VersionRow,
     policy: PolicyDocument,
-    outcomes: list[repository.OutcomeCount],
+    groups: list[repository.ItemGroup],
     cost: repository.CostRow | None,
-    category_counts: list[repository.CategoryCount],
     calibration: list[repository.CalibrationBin],
-    shapes: list[Shape],
     target: float,
 ) -> VersionReport:
     matrix = [[0] * len(REVIEWER_ACTIONS) for _ in MODEL_ACTIONS]
     reasons: dict[str, int] = defaultdict(int)
     submissions = pending = reviewed = automatic = to_review = 0
     unsafe_tp = unsafe_fp = unsafe_fn = unsafe_tn = 0
-    for outcome in outcomes:
+    shapes = group_shapes(
+        (g.rating, g.safe_percent, g.shape, g.human_action, g.human_categories, g.items)
+        for g in groups
+        if g.rating in ("safe", "unsafe")
+    )
+    for outcome in groups:
         n = outcome.items
         submissions += n
         if outcome.auto_action is None:
@@ -227,7 +243,7 @@ def _version_report(
     sweep, suggestion, category_suggestions, replayed = _thresholds(policy, shapes, target)
     category_reports = _category_reports(
         policy,
-        category_counts,
+        _category_counts(groups),
         calibration,
         unsafe_tp + unsafe_fp + unsafe_fn + unsafe_tn,
         replayed,
@@ -296,12 +312,11 @@ def _calibration(scale: str, bins: list[repository.CalibrationBin]) -> Calibrati
 
 def _category_reports(
     policy: PolicyDocument,
-    counts: list[repository.CategoryCount],
+    by_id: dict[str, CategoryCount],
     calibration: list[repository.CalibrationBin],
     labelled: int,
     current: Tally,
 ) -> list[CategoryReport]:
-    by_id = {c.category: c for c in counts}
     names = {c.id: c.name for c in policy.categories}
     ordered = [c.id for c in policy.categories] + sorted(set(by_id) - set(names))
     reports = []
