@@ -164,7 +164,7 @@ def main() -> int:
     from moderation.policies.service import active_version
     from moderation.reports import render, repository
     from moderation.reports.service import ReportRequest, agreement_report
-    from moderation.schema_migrations import load_shipped_policies, upgrade_schema
+    from moderation.schema_migrations import upgrade_schema
     from moderation.tenants.service import create_tenant
 
     name = f"moderation_bench_{uuid.uuid4().hex[:8]}"
@@ -176,12 +176,13 @@ def main() -> int:
         upgrade_schema(database_url)
         sessions = get_sessionmaker(database_url)
         with session_scope(sessions) as session:
-            load_shipped_policies(session)
+            # Each tenant gets its own copy of the shipped policy.
             tenant_id = create_tenant(session, "bench").id
-            version_id = active_version(session, "default").id
+            version_id = active_version(session, tenant_id, "default").id
             noise = create_tenant(session, "other").id
+            noise_version_id = active_version(session, noise, "default").id
         # Another tenant's rows in the same tables: the report must not read them.
-        generated = _generate(url, noise, version_id, args.items // 2)
+        generated = _generate(url, noise, noise_version_id, args.items // 2)
         generated += _generate(url, tenant_id, version_id, args.items)
         print(
             f"generated {args.items} submissions (+{args.items // 2} of another tenant) "

@@ -67,7 +67,9 @@ verdict AS (
                FILTER (WHERE v.reused_from_id IS NULL) OVER calls AS tokens
     FROM verdicts AS v
     JOIN submissions AS s ON s.id = v.submission_id
-    WHERE {_IN_SCOPE}
+    -- A shadow version's verdicts never stand behind a decision, and their calls are the
+    -- shadow's cost, not the live pipeline's.
+    WHERE {_IN_SCOPE} AND v.role = 'live'
     -- The window's order is DISTINCT ON's, so one sort serves both; the frame still spans
     -- every call of the submission.
     WINDOW calls AS (
@@ -125,8 +127,10 @@ WHERE {_IN_SCOPE}
 """  # noqa: S608
 
 
-def find_policy(session: Session, slug: str) -> Policy | None:
-    return session.scalars(select(Policy).where(Policy.slug == slug)).one_or_none()
+def find_policy(session: Session, tenant_id: uuid.UUID, slug: str) -> Policy | None:
+    return session.scalars(
+        select(Policy).where(Policy.tenant_id == tenant_id, Policy.slug == slug)
+    ).one_or_none()
 
 
 def policy_version_ids(

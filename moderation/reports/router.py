@@ -15,6 +15,25 @@ from moderation.tenants.dependencies import Admin
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"])
 
+# A range with no submission yet; docs/reports.md walks through a full report.
+_EXAMPLE_REPORT = {
+    "scope": {
+        "tenant_id": "7d0c6f4e-0000-4000-8000-000000000001",
+        "policy": "default",
+        "version": None,
+        "since": "2026-11-01T00:00:00Z",
+        "until": "2026-12-01T00:00:00Z",
+        "target_precision": 0.95,
+    },
+    "generated_at": "2026-12-01T09:30:00Z",
+    "versions": [],
+}
+_EXAMPLE_CSV = (
+    "policy,version,table,category,row,column,value,low,high,numerator,denominator\r\n"
+    "default,3,rates,,agreement,,0.94,0.93,0.95,3579,3808\r\n"
+    "default,3,flagging,hate,precision,,0.84,0.82,0.85,2596,3095\r\n"
+)
+
 
 @router.get(
     "/agreement",
@@ -32,8 +51,12 @@ router = APIRouter(prefix="/v1/reports", tags=["reports"])
     responses={
         200: {
             "content": {
-                render.CSV_MEDIA_TYPE: {"schema": {"type": "string"}},
-                render.HTML_MEDIA_TYPE: {"schema": {"type": "string"}},
+                render.JSON_MEDIA_TYPE: {"example": _EXAMPLE_REPORT},
+                render.CSV_MEDIA_TYPE: {"schema": {"type": "string"}, "example": _EXAMPLE_CSV},
+                render.HTML_MEDIA_TYPE: {
+                    "schema": {"type": "string"},
+                    "example": '<!doctype html>\n<html lang="en">…</html>',
+                },
             }
         },
         **problem_responses(401, 403, 404, 406, 422),

@@ -74,7 +74,7 @@ def agreement_report(session: Session, request: ReportRequest) -> AgreementRepor
     scope = _scope(request)
     version_ids = None
     if request.policy is not None:
-        policy = repository.find_policy(session, request.policy)
+        policy = repository.find_policy(session, request.tenant_id, request.policy)
         if policy is None:
             raise NotFound(f"no policy named {request.policy!r}")
         version_ids = repository.policy_version_ids(session, policy.id, request.version)

@@ -23,6 +23,7 @@ CATEGORIES = ("hate", "violence", "spam")
 
 def make_policy(
     session: Session,
+    tenant_id: uuid.UUID,
     *,
     min_confidence: float = 0.8,
     thresholds: dict[str, tuple[int, int | None]] | None = None,
@@ -46,8 +47,7 @@ def make_policy(
             for category, (block_at, restrict_at) in thresholds.items()
         ],
     )
-    version, _ = store_policy_version(session, document)
-    return version.id
+    return store_policy_version(session, tenant_id, document).version.id
 
 
 def verdict(rating: str, confidence: float, *violations: tuple[str, int, float]) -> dict[str, Any]:

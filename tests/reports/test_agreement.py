@@ -27,7 +27,7 @@ def session(migrated: str) -> Iterator[Session]:
 
 
 def new_tenant(session: Session) -> uuid.UUID:
-    return create_tenant(session, f"reports-{uuid.uuid4().hex[:6]}").id
+    return create_tenant(session, f"reports-{uuid.uuid4().hex[:6]}", with_policy_templates=False).id
 
 
 def only_section(report: AgreementReport) -> VersionReport:
@@ -67,7 +67,7 @@ FIXTURE: list[tuple[int, dict[str, Any], tuple[str, str | None], tuple[str, list
 @pytest.fixture
 def hand_built(session: Session) -> tuple[uuid.UUID, uuid.UUID]:
     tenant = new_tenant(session)
-    version = make_policy(session, thresholds={"hate": (3, 2), "violence": (3, None)})
+    version = make_policy(session, tenant, thresholds={"hate": (3, 2), "violence": (3, None)})
     latency = iter(range(100, 2100, 100))  # 100, 200, ..., 2000 ms
     for count, parsed, auto, human in FIXTURE:
         for _ in range(count):
@@ -198,7 +198,7 @@ def test_threshold_sweep_moves_items_to_review_as_the_threshold_rises(session, h
 
 def test_reviewer_decisions_decide_which_is_final(session):
     tenant = new_tenant(session)
-    version = make_policy(session)
+    version = make_policy(session, tenant)
     item = add_item(
         session,
         tenant,
@@ -230,12 +230,13 @@ def test_reviewer_decisions_decide_which_is_final(session):
 
 def test_reports_see_only_the_callers_tenant_range_and_version(session):
     tenant, other = new_tenant(session), new_tenant(session)
-    version = make_policy(session)
+    version = make_policy(session, tenant)
+    versions = {tenant: version, other: make_policy(session, other)}
     for owner in (tenant, other, other):
         add_item(
             session,
             owner,
-            version,
+            versions[owner],
             parsed=verdict("safe", 0.9),
             auto=("allow", None),
             human=("allow", []),
@@ -254,7 +255,7 @@ def test_reports_see_only_the_callers_tenant_range_and_version(session):
 
 def test_each_policy_version_gets_its_own_section(session):
     tenant = new_tenant(session)
-    first, second = make_policy(session), make_policy(session, min_confidence=0.9)
+    first, second = make_policy(session, tenant), make_policy(session, tenant, min_confidence=0.9)
     add_item(session, tenant, first, parsed=verdict("safe", 0.85), auto=("allow", None))
     add_item(
         session, tenant, second, parsed=verdict("safe", 0.85), auto=("review", "low_confidence")
@@ -271,7 +272,7 @@ def test_each_policy_version_gets_its_own_section(session):
 
 def test_failed_calls_count_in_cost_and_failures_in_review_reasons(session):
     tenant = new_tenant(session)
-    version = make_policy(session)
+    version = make_policy(session, tenant)
     add_item(
         session,
         tenant,
@@ -294,7 +295,7 @@ def test_failed_calls_count_in_cost_and_failures_in_review_reasons(session):
 
 def test_calibration_bins_stated_confidence_and_rating_probability(session):
     tenant = new_tenant(session)
-    version = make_policy(session)
+    version = make_policy(session, tenant)
     # Four reviewed verdicts at confidence .95: reviewers agreed with three.
     for human in (("allow", []), ("allow", []), ("allow", []), ("block", ["hate"])):
         add_item(

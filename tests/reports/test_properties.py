@@ -104,8 +104,8 @@ item = st.fixed_dictionaries(
 @given(st.lists(item, min_size=1, max_size=25))
 def test_stored_data_report_matches_scikit_learn(sessions, items):
     with session_scope(sessions) as session:
-        tenant = create_tenant(session, "property").id
-        version = make_policy(session)
+        tenant = create_tenant(session, "property", with_policy_templates=False).id
+        version = make_policy(session, tenant)
         for entry in items:
             unsafe = entry["rating"] == "unsafe"
             parsed = verdict(
@@ -196,8 +196,8 @@ def test_stored_data_report_matches_scikit_learn(sessions, items):
 def test_threshold_sweep_equals_running_the_rules_on_every_verdict(sessions, rows):
     """The sweep's shortcuts (grouping, flooring, breakpoints) change nothing the rules decide."""
     with session_scope(sessions) as session:
-        tenant = create_tenant(session, "sweep").id
-        version = make_policy(session)
+        tenant = create_tenant(session, "sweep", with_policy_templates=False).id
+        version = make_policy(session, tenant)
         policy: PolicyDocument = document_for_version(session, version)
         verdicts = []
         for rating, confidence, violations, human in rows:

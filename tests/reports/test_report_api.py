@@ -20,7 +20,7 @@ from tests.reports.factories import add_item, make_policy, verdict
 def keys(migrated: str) -> TenantKeys:
     keys = make_tenant(migrated, "report-api")
     with session_scope(get_sessionmaker(migrated)) as session:
-        version = make_policy(session)
+        version = make_policy(session, keys.tenant_id)
         for human in (("allow", []), ("block", ["hate"]), None):
             add_item(
                 session,

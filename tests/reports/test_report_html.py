@@ -50,8 +50,10 @@ def chromium() -> str:
 def test_report_renders_in_a_browser_with_every_chart(migrated, tmp_path):
     browser = chromium()
     with session_scope(get_sessionmaker(migrated)) as session:
-        tenant = create_tenant(session, f"html-{uuid.uuid4().hex[:6]}").id
-        version = make_policy(session)
+        tenant = create_tenant(
+            session, f"html-{uuid.uuid4().hex[:6]}", with_policy_templates=False
+        ).id
+        version = make_policy(session, tenant)
         cases = [
             (verdict("unsafe", 0.9, ("hate", 3, 0.9)), ("block", None), ("block", ["hate"])),
             (verdict("unsafe", 0.85, ("hate", 2, 0.85)), ("restrict", None), ("allow", [])),
