@@ -179,6 +179,19 @@ def _csv_rows(report: AgreementReport) -> Iterator[list[object]]:
             yield proportion("category_sweep", option.category, row, "automatic", option.automatic)
             yield proportion("category_sweep", option.category, row, "error", option.error)
             yield proportion("category_sweep", option.category, row, "precision", option.precision)
+        for shadow in section.shadows:
+            name = f"{shadow.policy}@{shadow.version}"
+            yield line("shadow", name, "items", "", shadow.items)
+            yield proportion("shadow", name, "same_action", "", shadow.same_action)
+            for i, live_action in enumerate(shadow.actions):
+                for j, shadow_action in enumerate(shadow.actions):
+                    yield line("shadow_flips", name, live_action, shadow_action, shadow.flips[i][j])
+            for side_name, side in (("live", shadow.live), ("shadow", shadow.shadow)):
+                yield proportion("shadow", name, "automatic", side_name, side.automatic)
+                yield proportion("shadow", name, "agreement", side_name, side.agreement)
+                yield proportion("shadow", name, "precision", side_name, side.precision)
+            yield line("shadow", name, "model_calls", "", shadow.model_calls)
+            yield line("shadow", name, "tokens", "", shadow.tokens)
         for number, sentence in enumerate(section.summary, start=1):
             yield line("summary", "", str(number), "", sentence)
 
@@ -266,7 +279,7 @@ def _image(svg: bytes, alt: str, caption: str) -> str:
     )
 
 
-def _matrix(matrix: DecisionMatrix) -> str:
+def _matrix(matrix: DecisionMatrix, corner: str = "model ↓ · reviewer →") -> str:
     peak = max((max(row) for row in matrix.counts), default=0) or 1
     head = "".join(f'<th class="axis">{escape(a)}</th>' for a in matrix.reviewer_actions)
     body = []
@@ -282,7 +295,7 @@ def _matrix(matrix: DecisionMatrix) -> str:
             cells.append(f'<td class="{css}" style="{style}">{count:,}</td>')
         body.append(f'<tr><th class="axis">{escape(action)}</th>{"".join(cells)}</tr>')
     return (
-        '<table class="matrix"><thead><tr><th>model ↓ · reviewer →</th>'
+        f'<table class="matrix"><thead><tr><th>{escape(corner)}</th>'
         f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
     )
 
@@ -374,6 +387,39 @@ def _calibration_table(section: VersionReport) -> str:
         "<th>mean stated</th><th>reviewers confirmed</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
+
+
+def _shadows(section: VersionReport) -> str:
+    if not section.shadows:
+        return ""
+    parts = ["<h3>Shadow versions</h3>"]
+    for shadow in section.shadows:
+        flips = DecisionMatrix(
+            model_actions=shadow.actions, reviewer_actions=shadow.actions, counts=shadow.flips
+        )
+        rows = "".join(
+            f"<tr><td>{label}</td>"
+            f'<td title="{escape(_ci(live))}">{_pct(live.value)}</td>'
+            f'<td title="{escape(_ci(other))}">{_pct(other.value)}</td></tr>'
+            for label, live, other in (
+                ("decided automatically", shadow.live.automatic, shadow.shadow.automatic),
+                ("agreed with reviewers", shadow.live.agreement, shadow.shadow.agreement),
+                ("restrictions and blocks upheld", shadow.live.precision, shadow.shadow.precision),
+            )
+        )
+        parts.append(
+            f"<p><strong>{escape(shadow.policy)} v{shadow.version}</strong> judged "
+            f"{shadow.items:,} of these submissions alongside v{section.version} "
+            f"({shadow.model_calls:,} model calls, {shadow.tokens:,} tokens) and would have "
+            f"decided {_pct(shadow.same_action.value)} of them the same way.</p>"
+            '<div class="row"><div>'
+            + _matrix(flips, corner="live ↓ · shadow →")
+            + "</div><div><table><thead><tr><th>on the "
+            f"{shadow.reviewed:,} reviewed</th><th>v{section.version} (live)</th>"
+            f"<th>v{shadow.version} (shadow)</th></tr></thead><tbody>{rows}</tbody></table>"
+            "</div></div>"
+        )
+    return "".join(parts)
 
 
 def _section(section: VersionReport, target: float) -> str:
@@ -492,6 +538,7 @@ for the category under the current thresholds that reviewers upheld for it.</p>
 <div>{_sweep_table(section)}</div>
 <div>{calibration_chart}</div>
 </div>
+{_shadows(section)}
 <details><summary>Every block_at and restrict_at, per category</summary>
 {_category_sweep_table(section)}</details>
 <details><summary>Calibration per category</summary>

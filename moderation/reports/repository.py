@@ -340,3 +340,40 @@ def calibration_bins(session: Session, bins: int) -> list[CalibrationBin]:
         {"bins": bins},
     )
     return [CalibrationBin(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class ShadowCount:
+    """Submissions a shadow version also judged, by what each side decided."""
+
+    version_id: uuid.UUID
+    shadow_version_id: uuid.UUID
+    auto_action: str | None
+    shadow_action: str
+    human_action: str | None
+    items: int
+    model_calls: int
+    tokens: int
+
+
+def shadow_counts(session: Session) -> list[ShadowCount]:
+    rows = session.execute(
+        text(
+            """
+            SELECT r.version_id, o.policy_version_id, r.auto_action, o.action, r.human_action,
+                   count(*),
+                   coalesce(sum(o.model_calls), 0),
+                   coalesce(sum((
+                       SELECT sum(coalesce(v.input_tokens, 0) + coalesce(v.output_tokens, 0))
+                       FROM verdicts AS v
+                       WHERE v.submission_id = o.submission_id
+                         AND v.policy_version_id = o.policy_version_id
+                         AND v.role = 'shadow' AND v.reused_from_id IS NULL
+                   )), 0)
+            FROM report_items AS r
+            JOIN shadow_outcomes AS o ON o.submission_id = r.id
+            GROUP BY 1, 2, 3, 4, 5
+            """
+        )
+    )
+    return [ShadowCount(*row) for row in rows]

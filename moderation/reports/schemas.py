@@ -121,6 +121,35 @@ class CategorySuggestion(BaseModel):
     more_to_review: float | None
 
 
+class ShadowSide(BaseModel):
+    """One version's decisions over the reviewed items both versions judged."""
+
+    automatic: Rate = Field(description="decided without a person")
+    agreement: Rate = Field(description="automatic decisions a reviewer decided the same way")
+    precision: Rate = Field(description="restrictions and blocks a reviewer upheld")
+
+
+class ShadowComparison(BaseModel):
+    """A shadow version against the live one, on the live submissions both judged."""
+
+    policy: str
+    version: int
+    items: int
+    same_action: Rate = Field(description="items the shadow would have decided as live did")
+    actions: list[str]
+    flips: list[list[int]] = Field(
+        description="live automatic action (rows) against the shadow's (columns), same labels"
+    )
+    more_to_review: float | None = Field(
+        description="share of items the shadow would send to review beyond live's"
+    )
+    reviewed: int
+    live: ShadowSide
+    shadow: ShadowSide
+    model_calls: int
+    tokens: int
+
+
 class VersionReport(BaseModel):
     policy: str
     version: int
@@ -151,6 +180,9 @@ class VersionReport(BaseModel):
     thresholds: ThresholdSweep
     suggestion: MinConfidenceSuggestion
     category_suggestions: list[CategorySuggestion]
+    shadows: list[ShadowComparison] = Field(
+        default_factory=list, description="shadow versions judged alongside this one"
+    )
     summary: list[str] = Field(description="what to change, in plain words")
 
 

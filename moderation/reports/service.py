@@ -39,6 +39,8 @@ from moderation.reports.schemas import (
     MinConfidenceSuggestion,
     ReasonCount,
     ReportScope,
+    ShadowComparison,
+    ShadowSide,
     ThresholdPoint,
     ThresholdSweep,
     VersionReport,
@@ -87,21 +89,117 @@ def agreement_report(session: Session, request: ReportRequest) -> AgreementRepor
     groups = _by_version(repository.item_groups(session))
     costs = {row.version_id: row for row in repository.costs(session)}
     calibration = _by_version(repository.calibration_bins(session, CALIBRATION_BINS))
-    return AgreementReport(
-        scope=scope,
-        generated_at=utcnow(),
-        versions=[
-            _version_report(
-                row,
-                PolicyDocument.model_validate(row.document),
-                groups.get(row.id, []),
-                costs.get(row.id),
-                calibration.get(row.id, []),
-                scope.target_precision,
+    shadow_counts = _by_version(repository.shadow_counts(session))
+    shadow_versions = {
+        v.id: v
+        for v in repository.versions_by_id(
+            session, sorted({c.shadow_version_id for rows in shadow_counts.values() for c in rows})
+        )
+    }
+    reports = []
+    for row in versions:
+        report = _version_report(
+            row,
+            PolicyDocument.model_validate(row.document),
+            groups.get(row.id, []),
+            costs.get(row.id),
+            calibration.get(row.id, []),
+            scope.target_precision,
+        )
+        report.shadows = shadow_comparisons(shadow_counts.get(row.id, []), shadow_versions)
+        report.summary += [_shadow_sentence(report, shadow) for shadow in report.shadows]
+        reports.append(report)
+    return AgreementReport(scope=scope, generated_at=utcnow(), versions=reports)
+
+
+def shadow_comparisons(
+    counts: list[repository.ShadowCount], versions: dict[uuid.UUID, repository.VersionRow]
+) -> list[ShadowComparison]:
+    """Each shadow version against the live decisions on the submissions it judged too."""
+    by_shadow: dict[uuid.UUID, list[repository.ShadowCount]] = defaultdict(list)
+    for count in counts:
+        by_shadow[count.shadow_version_id].append(count)
+    comparisons = []
+    for shadow_id, rows in by_shadow.items():
+        version = versions.get(shadow_id)
+        if version is None:
+            continue
+        flips = [[0] * len(MODEL_ACTIONS) for _ in MODEL_ACTIONS]
+        sides = {"live": _SideCounts(), "shadow": _SideCounts()}
+        items = same = live_review = shadow_review = reviewed = 0
+        for row in rows:
+            items += row.items
+            if row.auto_action in MODEL_ACTIONS:
+                flips[MODEL_ACTIONS.index(row.auto_action)][
+                    MODEL_ACTIONS.index(row.shadow_action)
+                ] += row.items
+                same += row.items if row.auto_action == row.shadow_action else 0
+            live_review += row.items if row.auto_action == Action.review.value else 0
+            shadow_review += row.items if row.shadow_action == Action.review.value else 0
+            if row.human_action is not None:
+                reviewed += row.items
+                sides["live"].add(row.auto_action, row.human_action, row.items)
+                sides["shadow"].add(row.shadow_action, row.human_action, row.items)
+        comparisons.append(
+            ShadowComparison(
+                policy=version.slug,
+                version=version.version,
+                items=items,
+                same_action=rate(same, sum(map(sum, flips))),
+                actions=MODEL_ACTIONS,
+                flips=flips,
+                more_to_review=(shadow_review - live_review) / items if items else None,
+                reviewed=reviewed,
+                live=sides["live"].side(),
+                shadow=sides["shadow"].side(),
+                model_calls=sum(r.model_calls for r in rows),
+                tokens=sum(r.tokens for r in rows),
             )
-            for row in versions
-        ],
+        )
+    return sorted(comparisons, key=lambda c: (c.policy, c.version))
+
+
+@dataclass
+class _SideCounts:
+    reviewed: int = 0
+    automatic: int = 0
+    agreed: int = 0
+    enforced: int = 0
+    upheld: int = 0
+
+    def add(self, action: str | None, human: str, items: int) -> None:
+        self.reviewed += items
+        if action is None or action == Action.review.value:
+            return
+        self.automatic += items
+        self.agreed += items if action == human else 0
+        if action in _ENFORCING:
+            self.enforced += items
+            self.upheld += items if human in _ENFORCING else 0
+
+    def side(self) -> ShadowSide:
+        return ShadowSide(
+            automatic=rate(self.automatic, self.reviewed),
+            agreement=rate(self.agreed, self.automatic),
+            precision=rate(self.upheld, self.enforced),
+        )
+
+
+def _shadow_sentence(report: VersionReport, shadow: ShadowComparison) -> str:
+    line = (
+        f"Shadow {shadow.policy} v{shadow.version} judged {shadow.items:,} of these submissions "
+        f"and would have decided {_percent(shadow.same_action.value)} of them as "
+        f"v{report.version} did; {_review_shift(shadow.more_to_review)}."
     )
+    if shadow.reviewed:
+        line += (
+            f" On the {shadow.reviewed:,} reviewers decided, its automatic decisions agree with "
+            f"them {_percent(shadow.shadow.agreement.value)} of the time "
+            f"(v{report.version}: {_percent(shadow.live.agreement.value)}), and "
+            f"{_percent(shadow.shadow.precision.value)} of its restrictions and blocks would be "
+            f"upheld (v{report.version}: {_percent(shadow.live.precision.value)})."
+        )
+    return line
 
 
 def _scope(request: ReportRequest) -> ReportScope:

@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from moderation.core.time import utcnow
-from moderation.decisions.models import Action, Decision, DecisionSource
+from moderation.decisions.models import Action, Decision, DecisionSource, ShadowOutcome
 from moderation.policies.schemas import PolicyDocument
 from moderation.policies.service import store_policy_version
-from moderation.submissions.models import Submission, SubmissionStatus, Verdict
+from moderation.submissions.models import Submission, SubmissionStatus, Verdict, VerdictRole
 
 CATEGORIES = ("hate", "violence", "spam")
 
@@ -147,3 +147,40 @@ def add_item(
         )
     session.flush()
     return submission.id
+
+
+def add_shadow_outcome(
+    session: Session,
+    submission_id: uuid.UUID,
+    shadow_version_id: uuid.UUID,
+    action: str,
+    *,
+    tokens: tuple[int, int] = (90, 10),
+) -> None:
+    """What a shadow version would have decided, with the one model call behind it."""
+    session.add(
+        Verdict(
+            submission_id=submission_id,
+            policy_version_id=shadow_version_id,
+            attempt=1,
+            sequence=0,
+            model="test-model",
+            prompt_sha256="1" * 64,
+            raw_output="{}",
+            parsed=verdict("safe", 0.9),
+            input_tokens=tokens[0],
+            output_tokens=tokens[1],
+            latency_ms=500,
+            role=VerdictRole.shadow,
+        )
+    )
+    session.add(
+        ShadowOutcome(
+            submission_id=submission_id,
+            policy_version_id=shadow_version_id,
+            action=Action(action),
+            categories=[],
+            model_calls=1,
+        )
+    )
+    session.flush()

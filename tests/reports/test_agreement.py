@@ -17,7 +17,7 @@ from moderation.decisions.models import DecisionSource
 from moderation.reports.schemas import AgreementReport, VersionReport
 from moderation.reports.service import ReportRequest, agreement_report
 from moderation.tenants.service import create_tenant
-from tests.reports.factories import add_item, make_policy, verdict
+from tests.reports.factories import add_item, add_shadow_outcome, make_policy, verdict
 
 
 @pytest.fixture
@@ -342,3 +342,52 @@ def test_parameters_are_checked(session):
         agreement_report(session, ReportRequest(tenant_id=tenant, target_precision=1.0))
     with pytest.raises(NotFound):
         agreement_report(session, ReportRequest(tenant_id=tenant, policy="no-such-policy"))
+
+
+def test_a_shadow_version_is_compared_with_live_and_with_reviewers(session):
+    tenant = new_tenant(session)
+    live, shadow = make_policy(session, tenant), make_policy(session, tenant)
+    #  live automatic    shadow      reviewer
+    #  block             block       block     both right
+    #  allow             restrict    restrict  shadow right
+    #  review            allow       allow     shadow decides, rightly
+    #  block             review      (none)
+    cases = [
+        ("block", "block", ("block", ["hate"])),
+        ("allow", "restrict", ("restrict", ["hate"])),
+        ("review", "allow", ("allow", [])),
+        ("block", "review", None),
+    ]
+    for auto, shadow_action, human in cases:
+        item = add_item(
+            session,
+            tenant,
+            live,
+            parsed=verdict("safe", 0.9),
+            auto=(auto, "below_threshold" if auto == "review" else None),
+            human=human,
+        )
+        add_shadow_outcome(session, item, shadow, shadow_action)
+    add_item(session, tenant, live, parsed=verdict("safe", 0.9), auto=("allow", None))
+    section = only_section(agreement_report(session, ReportRequest(tenant_id=tenant)))
+    (comparison,) = section.shadows
+    assert comparison.items == 4 and comparison.reviewed == 3
+    # Rows live, columns shadow, both in the order allow, restrict, block, review.
+    assert comparison.flips == [[0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1], [1, 0, 0, 0]]
+    assert (comparison.same_action.numerator, comparison.same_action.denominator) == (1, 4)
+    assert comparison.more_to_review == 0
+    # Live: 2 of 3 reviewed decided automatically, 1 of those 2 agreed, its 1 block upheld.
+    assert (comparison.live.automatic.numerator, comparison.live.automatic.denominator) == (2, 3)
+    assert comparison.live.agreement.value == 0.5
+    assert comparison.live.precision.value == 1.0
+    # Shadow: all 3 automatic and agreed; its block and restriction both upheld.
+    assert comparison.shadow.automatic.value == 1.0
+    assert comparison.shadow.agreement.value == 1.0
+    assert (comparison.shadow.precision.numerator, comparison.shadow.precision.denominator) == (
+        2,
+        2,
+    )
+    assert comparison.model_calls == 4 and comparison.tokens == 400
+    # The shadow's calls are its own cost, not the live pipeline's.
+    assert section.cost.total_tokens == 5 * 1000
+    assert any(line.startswith("Shadow ") for line in section.summary)

@@ -15,7 +15,7 @@ from moderation.database import get_sessionmaker, session_scope
 from moderation.reports.render import render_html
 from moderation.reports.service import ReportRequest, agreement_report
 from moderation.tenants.service import create_tenant
-from tests.reports.factories import add_item, make_policy, verdict
+from tests.reports.factories import add_item, add_shadow_outcome, make_policy, verdict
 
 # Put first in <head>, so it hears every error, and reports on the page once all has loaded.
 PROBE = """<script>
@@ -70,9 +70,10 @@ def test_report_renders_in_a_browser_with_every_chart(migrated, tmp_path):
                 ("restrict", ["spam"]),
             ),
         ]
+        shadow = make_policy(session, tenant, min_confidence=0.7)
         for round_ in range(4):
             for parsed, auto, human in cases:
-                add_item(
+                item = add_item(
                     session,
                     tenant,
                     version,
@@ -81,11 +82,13 @@ def test_report_renders_in_a_browser_with_every_chart(migrated, tmp_path):
                     human=human,
                     rating_probability=0.5 + 0.1 * round_,
                 )
+                add_shadow_outcome(session, item, shadow, human[0] if round_ else auto[0])
         add_item(session, tenant, version, parsed=None, auto=("review", "fetch_failed"), calls=0)
         report = agreement_report(session, ReportRequest(tenant_id=tenant))
     page = render_html(report)
     assert "<script" not in page, "the report itself runs no scripts"
     assert page.count("data:image/svg+xml;base64,") == 3
+    assert "Shadow versions" in page
 
     probed = tmp_path / "report.html"
     probed.write_text(page.replace("<head>", "<head>\n" + PROBE, 1), encoding="utf-8")
