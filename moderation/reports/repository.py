@@ -85,7 +85,8 @@ SELECT s.id,
        automatic.action AS auto_action,
        automatic.reason AS auto_reason,
        human.action AS human_action,
-       CASE WHEN human.action NOT IN ('restrict', 'block') THEN '{{}}'::text[]
+       CASE WHEN human.action IS NULL OR human.action NOT IN ('restrict', 'block')
+            THEN '{{}}'::text[]
             -- One category is the common case: read it without a subquery.
             WHEN jsonb_typeof(human.categories) = 'array'
                  AND jsonb_array_length(human.categories) = 1
