@@ -7,7 +7,7 @@ against a reference implementation.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
 
@@ -108,26 +108,6 @@ def cohen_kappa(matrix: Sequence[Sequence[int]]) -> float | None:
     if expected == 1.0:
         return 1.0 if observed == 1.0 else 0.0
     return (observed - expected) / (1 - expected)
-
-
-def median(values_by_count: Mapping[float, int]) -> float | None:
-    """The median of a multiset given as value -> count (the 50th percentile, interpolated)."""
-    total = sum(values_by_count.values())
-    if total == 0:
-        return None
-    ordered = sorted(values_by_count.items())
-
-    def nth(index: int) -> float:
-        seen = 0
-        for value, count in ordered:
-            seen += count
-            if index < seen:
-                return value
-        return ordered[-1][0]
-
-    if total % 2:
-        return nth(total // 2)
-    return (nth(total // 2 - 1) + nth(total // 2)) / 2
 
 
 def expected_calibration_error(bins: Sequence[tuple[int, float, int]]) -> float | None:
