@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from moderation.backtests.metrics import Rate
 from moderation.backtests.models import BacktestStatus
 from moderation.decisions.models import Action
+from moderation.reports.metrics import Rate
 
 # The most past submissions one backtest judges: enough for a month of a busy tenant's reviewed
 # items, few enough that a worker's share of the model finishes it in hours, not days.

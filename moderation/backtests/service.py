@@ -9,7 +9,6 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from moderation.backtests import repository
-from moderation.backtests.metrics import f1_score, rate
 from moderation.backtests.models import Backtest, BacktestItemStatus, BacktestStatus
 from moderation.backtests.schemas import (
     BacktestCreate,
@@ -30,6 +29,7 @@ from moderation.core.time import utcnow
 from moderation.decisions.models import Action
 from moderation.jobs.service import enqueue_job
 from moderation.policies import service as policies
+from moderation.reports.metrics import binary_metrics, rate
 
 RUN_BACKTEST_JOB = "backtests.run"
 DEFAULT_WINDOW = timedelta(days=30)
@@ -259,21 +259,24 @@ def score(outcomes: list[tuple[Action, Action | None, int]], version: int | None
     """One side's actions, review rate, and precision and recall of enforcement against the
     reviewers (items without a reviewer decision count in the actions and review rate only)."""
     actions: Counter[str] = Counter()
-    tp = fp = fn = 0
+    tp = fp = fn = reviewed = 0
     for action, reviewer, items in outcomes:
         actions[action.value] += items
         if reviewer is None:
             continue
+        reviewed += items
         enforced, confirmed = action in _ENFORCING, reviewer in _ENFORCING
         tp += items if enforced and confirmed else 0
         fp += items if enforced and not confirmed else 0
         fn += items if confirmed and not enforced else 0
     total = sum(actions.values())
+    # The agreement report's own definitions, so the two pages agree on the same items.
+    against_reviewers = binary_metrics(tp, fp, fn, reviewed - tp - fp - fn)
     return VersionScore(
         version=version,
         actions=dict(sorted(actions.items(), key=lambda kv: list(Action).index(Action(kv[0])))),
         review_rate=rate(actions[Action.review.value], total),
-        precision=rate(tp, tp + fp),
-        recall=rate(tp, tp + fn),
-        f1=f1_score(tp, fp, fn),
+        precision=against_reviewers.precision,
+        recall=against_reviewers.recall,
+        f1=against_reviewers.f1,
     )

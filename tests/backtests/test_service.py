@@ -8,7 +8,6 @@ import pytest
 from pydantic import ValidationError
 
 from moderation.backtests import service
-from moderation.backtests.metrics import rate, wilson_interval
 from moderation.backtests.schemas import BacktestCreate
 from moderation.core.errors import NotFound, ValidationFailed
 from moderation.database import get_sessionmaker, session_scope
@@ -79,12 +78,3 @@ def test_the_list_pages_newest_first(past: Past):
     queued = first.items[0]
     assert queued.status == "queued" and queued.progress.pending == queued.progress.total == 1
     assert queued.active_version == 1 and queued.link == f"/v1/backtests/{queued.id}"
-
-
-def test_wilson_intervals_match_the_textbook_values():
-    # 8 of 10: the Wilson 95% interval is [0.490, 0.943] (Brown, Cai and DasGupta 2001).
-    low, high = wilson_interval(8, 10)  # type: ignore[misc]
-    assert (round(low, 3), round(high, 3)) == (0.490, 0.943)
-    assert wilson_interval(0, 0) is None
-    assert rate(0, 5).low == 0.0 and rate(5, 5).high == 1.0
-    assert rate(0, 0).value is None
