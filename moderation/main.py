@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client.registry import CollectorRegistry
 
+from moderation.backtests.router import router as backtests_router
 from moderation.config import Settings, get_settings
 from moderation.core.limits import BodySizeLimit
 from moderation.core.openapi import install_openapi, operation_id
@@ -20,6 +21,7 @@ from moderation.ops.router import router as ops_router
 from moderation.policies.metrics import ShadowCollector
 from moderation.policies.router import router as policies_router
 from moderation.queue import start_background_publisher, stop_background_publisher
+from moderation.reports.router import router as reports_router
 from moderation.review.metrics import ReviewCollector
 from moderation.review.router import appeals_router
 from moderation.review.router import router as review_router
@@ -73,4 +75,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(review_router)
     app.include_router(appeals_router)
     app.include_router(webhooks_router)
+    app.include_router(reports_router)
+    app.include_router(backtests_router)
     return app
