@@ -1,7 +1,8 @@
 """The throughput harness runs end to end on a small load, so it cannot rot unnoticed.
 
 It checks behaviour, not speed: every submission is decided, the visual tokens the model double
-received equal the ones predicted before each call, and repeated uploads cost no model call.
+received equal the ones predicted before each call, repeated uploads cost no model call, an
+ingest request is one statement in its transaction, and the rubric prefix is shared.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ def test_throughput_harness_smoke(tmp_path: Path) -> None:
         assert result["items"] == 50, mix
         assert result["compared"] == 50 and result["predicted_equals_sent"] == 50, mix
         assert result["sources"] == {"model": 50}, mix
+    if figures["config"]["round_trips_counted"]:
+        # BEGIN, the one ingest statement, COMMIT: the key lookup is cached, the publish is off
+        # the request's path.
+        assert figures["ingest"]["round_trips_per_request"] <= 3.1
+    # The rubric leads every prompt byte for byte: the part a server's prefix cache reuses.
+    prefix = figures["prefix"]
+    assert prefix["shared_prefix_bytes_p50"] >= 0.9 * prefix["prompt_bytes_p50"]
     assert figures["cache"]["model_calls_for_repeats"] == 0
     assert figures["cache"]["sources"].get("cache") == figures["cache"]["repeats"]
     assert figures["naive"]["items"] > 0
