@@ -1,18 +1,40 @@
-"""Opaque keyset cursors: stable under concurrent inserts, unlike offsets."""
+"""Opaque keyset cursors: stable under concurrent inserts, unlike offsets.
+
+A cursor comes back from the client, so it is decoded as the hostile input it may be: its size
+is capped before decoding, its JSON is bounded before parsing, and its parts must be exactly an
+aware timestamp and a UUID.
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import uuid
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
-from pydantic import BaseModel
+from fastapi import Query
+from pydantic import AwareDatetime, BaseModel, TypeAdapter, ValidationError
 
-from moderation.core.errors import ValidationFailed
+from moderation.core.errors import DomainError, ValidationFailed
+from moderation.core.json_limits import load_json
 
 T = TypeVar("T")
+
+# What encode_cursor produces is about 100 characters; twice that leaves room for nothing else.
+CURSOR_MAX_LENGTH = 200
+
+CursorParam = Annotated[
+    str | None,
+    Query(
+        max_length=CURSOR_MAX_LENGTH,
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="`next_cursor` of the previous page",
+    ),
+]
+
+_CURSOR_PARTS = TypeAdapter(tuple[AwareDatetime, uuid.UUID])
 
 
 class Page(BaseModel, Generic[T]):
@@ -25,13 +47,21 @@ def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _invalid_cursor() -> ValidationFailed:
+    return ValidationFailed(
+        "cursor is not one this API returned",
+        errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
+    )
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    if len(cursor) > CURSOR_MAX_LENGTH:
+        raise _invalid_cursor()
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        created_at, row_id = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(created_at), uuid.UUID(row_id)
-    except (ValueError, TypeError) as exc:
-        raise ValidationFailed(
-            "cursor is not one this API returned",
-            errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
-        ) from exc
+        raw = base64.urlsafe_b64decode(padded)
+        parts = load_json(raw, loc=["query", "cursor"], max_values=3, max_depth=1)
+        created_at, row_id = _CURSOR_PARTS.validate_python(parts)
+    except (DomainError, ValidationError, binascii.Error, ValueError) as exc:
+        raise _invalid_cursor() from exc
+    return created_at, row_id

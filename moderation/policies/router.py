@@ -1,7 +1,11 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
 
+from fastapi import APIRouter, Path, status
+
+from moderation.core.fields import VersionNumber
+from moderation.core.problems import problem_responses
 from moderation.database import DbSession
 from moderation.policies import service
 from moderation.policies.models import Policy, PolicyVersion
@@ -9,6 +13,7 @@ from moderation.policies.schemas import (
     PolicyDocument,
     PolicyDraft,
     PolicyRead,
+    PolicySlug,
     PolicyVersionRead,
     PolicyVersionSummary,
     PolicyWithVersions,
@@ -16,6 +21,9 @@ from moderation.policies.schemas import (
 from moderation.tenants.dependencies import Admin, AnyRole
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"])
+
+# A slug that could never name a policy is a 422 naming the path parameter, not a lookup.
+Slug = Annotated[PolicySlug, Path(description="the policy's slug, e.g. `default`")]
 
 
 def _version_read(policy: Policy, version: PolicyVersion) -> PolicyVersionRead:
@@ -30,13 +38,17 @@ def _version_read(policy: Policy, version: PolicyVersion) -> PolicyVersionRead:
     )
 
 
-@router.get("", response_model=list[PolicyRead])
+@router.get("", response_model=list[PolicyRead], responses=problem_responses(401, 403, 503))
 def list_policies(session: DbSession, _: AnyRole) -> list[Policy]:
     return service.list_policies(session)
 
 
-@router.get("/{slug}", response_model=PolicyWithVersions)
-def get_policy(slug: str, session: DbSession, _: AnyRole) -> PolicyWithVersions:
+@router.get(
+    "/{slug}",
+    response_model=PolicyWithVersions,
+    responses=problem_responses(401, 403, 404, 422, 503),
+)
+def get_policy(slug: Slug, session: DbSession, _: AnyRole) -> PolicyWithVersions:
     policy = service.get_policy(session, slug)
     versions = [
         PolicyVersionSummary(
@@ -57,9 +69,13 @@ def get_policy(slug: str, session: DbSession, _: AnyRole) -> PolicyWithVersions:
     )
 
 
-@router.get("/{slug}/versions/{version}", response_model=PolicyVersionRead)
+@router.get(
+    "/{slug}/versions/{version}",
+    response_model=PolicyVersionRead,
+    responses=problem_responses(401, 403, 404, 422, 503),
+)
 def get_policy_version(
-    slug: str, version: int, session: DbSession, _: AnyRole
+    slug: Slug, version: VersionNumber, session: DbSession, _: AnyRole
 ) -> PolicyVersionRead:
     return _version_read(
         service.get_policy(session, slug), service.get_version(session, slug, version)
@@ -67,15 +83,24 @@ def get_policy_version(
 
 
 @router.post(
-    "/{slug}/versions", response_model=PolicyVersionRead, status_code=status.HTTP_201_CREATED
+    "/{slug}/versions",
+    response_model=PolicyVersionRead,
+    status_code=status.HTTP_201_CREATED,
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
 )
 def create_policy_version(
-    slug: str, draft: PolicyDraft, session: DbSession, _: Admin
+    slug: Slug, draft: PolicyDraft, session: DbSession, _: Admin
 ) -> PolicyVersionRead:
     version = service.create_draft_version(session, slug, draft.model_dump(mode="json"))
     return _version_read(service.get_policy(session, slug), version)
 
 
-@router.post("/{slug}/versions/{version}/activate", response_model=PolicyRead)
-def activate_policy_version(slug: str, version: int, session: DbSession, _: Admin) -> Policy:
+@router.post(
+    "/{slug}/versions/{version}/activate",
+    response_model=PolicyRead,
+    responses=problem_responses(401, 403, 404, 422, 503),
+)
+def activate_policy_version(
+    slug: Slug, version: VersionNumber, session: DbSession, _: Admin
+) -> Policy:
     return service.activate_version(session, slug, version)

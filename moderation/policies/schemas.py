@@ -8,7 +8,10 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from moderation.core.fields import Text
+
 CategoryId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+PolicySlug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")]
 Severity = Annotated[int, Field(ge=1, le=4)]
 
 DEFAULT_SEVERITY_SCALE: dict[int, str] = {
@@ -22,7 +25,7 @@ DEFAULT_SEVERITY_SCALE: dict[int, str] = {
 class CategoryExample(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    content: str = Field(min_length=1, description="What the upload shows or says.")
+    content: Text = Field(min_length=1, description="What the upload shows or says.")
     severity: Severity | None = Field(
         default=None, description="The severity a reviewer would give; null means allowed."
     )
@@ -32,9 +35,9 @@ class PolicyCategory(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: CategoryId
-    name: str = Field(min_length=1)
-    definition: str = Field(min_length=1)
-    allowed: list[str] = Field(
+    name: Text = Field(min_length=1)
+    definition: Text = Field(min_length=1)
+    allowed: list[Text] = Field(
         default_factory=list, description="Exceptions: what is not a violation."
     )
     examples: list[CategoryExample] = Field(default_factory=list)
@@ -53,12 +56,12 @@ class PolicyDocument(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    slug: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")]
+    slug: PolicySlug
     version: int = Field(ge=1)
-    title: str = Field(min_length=1)
-    instructions: str = Field(min_length=1)
+    title: Text = Field(min_length=1)
+    instructions: Text = Field(min_length=1)
     min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
-    severity_scale: dict[Severity, str] = Field(
+    severity_scale: dict[Severity, Text] = Field(
         default_factory=lambda: dict(DEFAULT_SEVERITY_SCALE)
     )
     categories: list[PolicyCategory] = Field(min_length=1)
@@ -115,10 +118,10 @@ class PolicyDraft(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field(min_length=1)
-    instructions: str = Field(min_length=1)
+    title: Text = Field(min_length=1)
+    instructions: Text = Field(min_length=1)
     min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
-    severity_scale: dict[Severity, str] = Field(
+    severity_scale: dict[Severity, Text] = Field(
         default_factory=lambda: dict(DEFAULT_SEVERITY_SCALE)
     )
     categories: list[PolicyCategory] = Field(min_length=1)

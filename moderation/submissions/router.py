@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
@@ -12,12 +11,16 @@ from starlette.datastructures import UploadFile
 
 from moderation.config import Settings
 from moderation.core.errors import UnsupportedMediaType, ValidationFailed
-from moderation.core.pagination import Page
+from moderation.core.fields import ImagePosition, Text
+from moderation.core.json_limits import load_json
+from moderation.core.pagination import CursorParam, Page
+from moderation.core.problems import field_errors, problem_responses
 from moderation.database import DbSession
 from moderation.decisions.models import Action
 from moderation.submissions import service
 from moderation.submissions.models import SubmissionStatus
 from moderation.submissions.schemas import (
+    METADATA_MAX_BYTES,
     AuditEventRead,
     SubmissionAccepted,
     SubmissionCreate,
@@ -43,10 +46,7 @@ _MULTIPART_SCHEMA = {
 
 
 def _validation_problem(exc: ValidationError, where: str) -> ValidationFailed:
-    errors = [
-        {"loc": [where, *err["loc"]], "msg": err["msg"], "type": err["type"]}
-        for err in exc.errors(include_url=False, include_context=False, include_input=False)
-    ]
+    errors = field_errors(exc.errors(include_url=False, include_input=False), [where])
     return ValidationFailed("the submission is not valid", errors=errors)
 
 
@@ -76,13 +76,11 @@ async def _read_multipart(request: Request, settings: Settings) -> service.NewSu
         if isinstance(value, str):
             fields[name] = value
     if "metadata" in fields:
-        try:
-            fields["metadata"] = json.loads(fields["metadata"])
-        except json.JSONDecodeError as exc:
-            raise ValidationFailed(
-                "metadata must be a JSON object",
-                errors=[{"loc": ["body", "metadata"], "msg": str(exc), "type": "json_invalid"}],
-            ) from exc
+        # Bounded like a JSON body: a form field is no less hostile. Metadata that serializes
+        # to 16 KiB holds fewer values than that many bytes.
+        fields["metadata"] = load_json(
+            fields["metadata"], loc=["body", "metadata"], max_values=METADATA_MAX_BYTES
+        )
     uploads = []
     for position, item in enumerate(form.getlist("images")):
         if not isinstance(item, UploadFile):
@@ -100,7 +98,7 @@ async def _read_multipart(request: Request, settings: Settings) -> service.NewSu
     images: list[bytes] = []
     for position, upload in enumerate(uploads):
         raw = await upload.read(settings.image_max_bytes + 1)
-        service.check_image_size(raw, position, settings)
+        service.check_image(raw, position, settings)
         images.append(raw)
     try:
         # Validate the text fields with the JSON schema; images are already bytes here.
@@ -123,7 +121,10 @@ async def _read_multipart(request: Request, settings: Settings) -> service.NewSu
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=SubmissionAccepted,
-    responses={200: {"model": SubmissionAccepted, "description": "already submitted"}},
+    responses={
+        200: {"model": SubmissionAccepted, "description": "already submitted"},
+        **problem_responses(401, 403, 409, 413, 415, 422, 503),
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -162,13 +163,17 @@ async def create_submission(
     )
 
 
-@router.get("", response_model=Page[SubmissionSummary])
+@router.get(
+    "",
+    response_model=Page[SubmissionSummary],
+    responses=problem_responses(401, 403, 422, 503),
+)
 def list_submissions(
     session: DbSession,
     principal: IngestOrReviewer,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
-    external_id: str | None = None,
+    cursor: CursorParam = None,
+    external_id: Annotated[Text | None, Query(max_length=256)] = None,
     status: SubmissionStatus | None = None,
     action: Action | None = None,
     since: datetime | None = None,
@@ -185,22 +190,39 @@ def list_submissions(
     )
 
 
-@router.get("/{submission_id}", response_model=SubmissionRead)
+@router.get(
+    "/{submission_id}",
+    response_model=SubmissionRead,
+    responses=problem_responses(401, 403, 404, 422, 503),
+)
 def get_submission(
     submission_id: uuid.UUID, session: DbSession, principal: IngestOrReviewer
 ) -> SubmissionRead:
     return service.read_submission(session, principal, submission_id)
 
 
-@router.get("/{submission_id}/images/{position}", response_class=Response)
+@router.get(
+    "/{submission_id}/images/{position}",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "the normalized image"},
+        **problem_responses(401, 403, 404, 422, 503),
+    },
+)
 def get_submission_image(
-    submission_id: uuid.UUID, position: int, session: DbSession, principal: Reviewer
+    submission_id: uuid.UUID, position: ImagePosition, session: DbSession, principal: Reviewer
 ) -> Response:
     data, mime = service.normalized_image(session, principal, submission_id, position)
-    return Response(content=data, media_type=mime, headers={"Cache-Control": "private"})
+    # Uploaded bytes, served from the API's origin: never let a browser guess another type.
+    headers = {"Cache-Control": "private", "X-Content-Type-Options": "nosniff"}
+    return Response(content=data, media_type=mime, headers=headers)
 
 
-@router.get("/{submission_id}/audit", response_model=list[AuditEventRead])
+@router.get(
+    "/{submission_id}/audit",
+    response_model=list[AuditEventRead],
+    responses=problem_responses(401, 403, 404, 422, 503),
+)
 def get_submission_audit(
     submission_id: uuid.UUID, session: DbSession, principal: Reviewer
 ) -> list[AuditEventRead]:

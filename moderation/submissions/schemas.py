@@ -5,12 +5,14 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from moderation.core.fields import StorableJsonObject, Text, WebUrl
 from moderation.decisions.models import Action, DecisionSource, ReviewReason
 from moderation.submissions.models import SubmissionStatus
 
 METADATA_MAX_BYTES = 16 * 1024
+TEXT_MAX_LENGTH = 20_000
 
 
 class ImageInput(BaseModel):
@@ -18,7 +20,7 @@ class ImageInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: AnyHttpUrl | None = Field(default=None, max_length=4096)
+    url: WebUrl | None = Field(default=None, max_length=4096)
     data: str | None = Field(default=None, description="base64, or a data:image/...;base64, URL")
 
     @model_validator(mode="after")
@@ -43,14 +45,14 @@ class SubmissionCreate(BaseModel):
         },
     )
 
-    external_id: str = Field(min_length=1, max_length=256)
-    text: str | None = Field(default=None, max_length=20_000)
+    external_id: Text = Field(min_length=1, max_length=256)
+    text: Text | None = Field(default=None, max_length=TEXT_MAX_LENGTH)
     images: list[ImageInput] = Field(default_factory=list, max_length=32)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    policy: str | None = Field(
+    metadata: StorableJsonObject = Field(default_factory=dict)
+    policy: Text | None = Field(
         default=None, max_length=64, description="policy slug; default 'default'"
     )
-    callback_url: AnyHttpUrl | None = Field(default=None, max_length=2048)
+    callback_url: WebUrl | None = Field(default=None, max_length=2048)
 
     @field_validator("metadata")
     @classmethod

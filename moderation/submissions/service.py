@@ -15,9 +15,16 @@ from sqlalchemy.orm import Session
 
 from moderation.audit import service as audit
 from moderation.config import Settings
-from moderation.core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from moderation.core.errors import (
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from moderation.core.pagination import Page, decode_cursor, encode_cursor
 from moderation.decisions.models import Action, Decision
+from moderation.media.sniff import ACCEPTED_MIME_TYPES, sniff_image_mime
 from moderation.policies import service as policies
 from moderation.policies.models import Policy, PolicyVersion
 from moderation.queue import MODERATE_SUBMISSION, enqueue_after_commit
@@ -90,15 +97,23 @@ def decode_inline_image(data: str, position: int, settings: Settings) -> bytes:
         raw = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _image_error(position, "data is not valid base64") from exc
-    check_image_size(raw, position, settings)
+    check_image(raw, position, settings)
     return raw
 
 
-def check_image_size(raw: bytes, position: int, settings: Settings) -> None:
+def check_image(raw: bytes, position: int, settings: Settings) -> None:
+    """Refuse at once what the worker would refuse later: empty, too large, or not an image."""
     if not raw:
         raise _image_error(position, "image is empty")
     if len(raw) > settings.image_max_bytes:
         raise PayloadTooLarge(f"image {position} is larger than {settings.image_max_bytes} bytes")
+    if sniff_image_mime(raw) is None:
+        accepted = ", ".join(ACCEPTED_MIME_TYPES)
+        message = f"not an image of an accepted type ({accepted})"
+        raise UnsupportedMediaType(
+            f"image {position} is {message}",
+            errors=[{"loc": ["body", "images", position], "msg": message, "type": "image_type"}],
+        )
 
 
 def _image_error(position: int, message: str) -> ValidationFailed:
