@@ -29,6 +29,10 @@ class DomainError(Exception):
         return {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
 
 
+class BadRequest(DomainError):
+    """A body that cannot even be read as its declared content type."""
+
+
 class Unauthorized(DomainError):
     status, title, type_slug = 401, "Unauthorized", "unauthorized"
 

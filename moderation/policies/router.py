@@ -38,7 +38,7 @@ def _version_read(policy: Policy, version: PolicyVersion) -> PolicyVersionRead:
     )
 
 
-@router.get("", response_model=list[PolicyRead], responses=problem_responses(401, 403, 503))
+@router.get("", response_model=list[PolicyRead], responses=problem_responses(401, 403, 422, 503))
 def list_policies(session: DbSession, _: AnyRole) -> list[Policy]:
     return service.list_policies(session)
 
@@ -86,7 +86,7 @@ def get_policy_version(
     "/{slug}/versions",
     response_model=PolicyVersionRead,
     status_code=status.HTTP_201_CREATED,
-    responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
+    responses=problem_responses(400, 401, 403, 404, 409, 413, 422, 503),
 )
 def create_policy_version(
     slug: Slug, draft: PolicyDraft, session: DbSession, _: Admin

@@ -4,13 +4,19 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from moderation.config import Settings
-from moderation.core.errors import UnsupportedMediaType, ValidationFailed
+from moderation.core.errors import (
+    BadRequest,
+    DomainError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from moderation.core.fields import ImagePosition, Text
 from moderation.core.json_limits import load_json
 from moderation.core.pagination import CursorParam, Page
@@ -50,6 +56,26 @@ def _validation_problem(exc: ValidationError, where: str) -> ValidationFailed:
     return ValidationFailed("the submission is not valid", errors=errors)
 
 
+FORM_FIELD_MAX_BYTES = 1024 * 1024
+
+
+def _form_problem(message: str, settings: Settings) -> DomainError:
+    """The form parser's refusals, told apart: too many images or fields is a validation error,
+    a field too large is a payload too large, and anything else a malformed body."""
+    if message.startswith("Too many files"):
+        return ValidationFailed(
+            f"at most {settings.image_max_count} images per submission",
+            errors=[{"loc": ["body", "images"], "msg": "too many images", "type": "too_long"}],
+        )
+    if message.startswith("Too many fields"):
+        return ValidationFailed(
+            message, errors=[{"loc": ["body"], "msg": message, "type": "too_many_fields"}]
+        )
+    if "exceeded maximum size" in message:
+        return PayloadTooLarge(f"a form field is larger than {FORM_FIELD_MAX_BYTES} bytes")
+    return BadRequest(f"the form body is malformed: {message}")
+
+
 async def _read_json(request: Request, settings: Settings) -> service.NewSubmission:
     # BodySizeLimit (main.py) has already capped how much of this can arrive.
     body = await request.body()
@@ -67,9 +93,12 @@ async def _read_json(request: Request, settings: Settings) -> service.NewSubmiss
 
 
 async def _read_multipart(request: Request, settings: Settings) -> service.NewSubmission:
-    form = await request.form(
-        max_files=settings.image_max_count, max_fields=16, max_part_size=1024 * 1024
-    )
+    try:
+        form = await request.form(
+            max_files=settings.image_max_count, max_fields=16, max_part_size=FORM_FIELD_MAX_BYTES
+        )
+    except HTTPException as exc:
+        raise _form_problem(str(exc.detail), settings) from exc
     fields: dict[str, Any] = {}
     for name in ("external_id", "text", "policy", "callback_url", "metadata"):
         value = form.get(name)
@@ -123,7 +152,7 @@ async def _read_multipart(request: Request, settings: Settings) -> service.NewSu
     response_model=SubmissionAccepted,
     responses={
         200: {"model": SubmissionAccepted, "description": "already submitted"},
-        **problem_responses(401, 403, 409, 413, 415, 422, 503),
+        **problem_responses(400, 401, 403, 409, 413, 415, 422, 503),
     },
     openapi_extra={
         "requestBody": {
