@@ -124,11 +124,10 @@ async def _read_multipart(request: Request, settings: Settings) -> service.NewSu
                 ],
             )
         uploads.append(item)
-    images: list[bytes] = []
+    images: list[service.ImageSource] = []
     for position, upload in enumerate(uploads):
-        raw = await upload.read(settings.image_max_bytes + 1)
-        service.check_image(raw, position, settings)
-        images.append(raw)
+        digest = await run_in_threadpool(service.check_upload, upload.file, position, settings)
+        images.append(service.ImageSource(upload=upload.file, upload_sha256=digest))
     try:
         # Validate the text fields with the JSON schema; images are already bytes here.
         parsed = SubmissionCreate.model_validate(
@@ -139,7 +138,7 @@ async def _read_multipart(request: Request, settings: Settings) -> service.NewSu
     return service.NewSubmission(
         external_id=parsed.external_id,
         text=parsed.text,
-        images=[service.ImageSource(data=raw) for raw in images],
+        images=images,
         metadata=parsed.metadata,
         policy=parsed.policy,
         callback_url=str(parsed.callback_url) if parsed.callback_url else None,
