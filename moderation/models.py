@@ -3,19 +3,33 @@
 from moderation.audit.models import AuditEvent
 from moderation.core.models import Base
 from moderation.decisions.models import Decision
+from moderation.jobs.models import Job
 from moderation.policies.models import Policy, PolicyVersion
+from moderation.review.models import ReviewTask
 from moderation.submissions.models import Submission, SubmissionImage, Verdict
 from moderation.tenants.models import ApiKey, Tenant
+from moderation.webhooks.models import (
+    InboundWebhook,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 __all__ = [
     "ApiKey",
     "AuditEvent",
     "Base",
     "Decision",
+    "InboundWebhook",
+    "Job",
     "Policy",
     "PolicyVersion",
+    "ReviewTask",
     "Submission",
     "SubmissionImage",
     "Tenant",
     "Verdict",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

@@ -30,7 +30,9 @@ class DomainError(Exception):
 
 
 class BadRequest(DomainError):
-    """A body that cannot even be read as its declared content type."""
+    """The request cannot even be read (a malformed header or body), before any field is checked."""
+
+    status, title, type_slug = 400, "Bad request", "bad-request"
 
 
 class Unauthorized(DomainError):

@@ -18,6 +18,7 @@ import math
 import re
 import urllib.parse
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Annotated, Any, Union
 
 from fastapi import Path
@@ -48,6 +49,10 @@ INT4_MAX = 2**31 - 1
 # of finding nothing.
 ImagePosition = Annotated[int, Path(ge=0, le=INT4_MAX, description="0-based image index")]
 VersionNumber = Annotated[int, Path(ge=1, le=INT4_MAX, description="policy version number")]
+
+# A span subtracted from (or added to) now() in SQL: a century either way keeps the result a
+# timestamp PostgreSQL can hold; Python's own limit (a billion days) does not.
+Duration = Annotated[timedelta, Field(ge=-timedelta(days=36_500), le=timedelta(days=36_500))]
 
 METADATA_MAX_DEPTH = 16
 
@@ -148,4 +153,7 @@ def _require_host(value: Any) -> Any:
 
 
 WebUrl = Annotated[AnyHttpUrl, BeforeValidator(_require_host), Field(max_length=4096)]
-"""An http(s) URL with an explicit host, as written by the client."""
+"""An http(s) URL with an explicit host, parsed."""
+
+WebUrlText = Annotated[Text, AfterValidator(_require_host)]
+"""The same URL kept as the client wrote it, for checks that must see exactly that."""

@@ -38,16 +38,12 @@ def _version_read(policy: Policy, version: PolicyVersion) -> PolicyVersionRead:
     )
 
 
-@router.get("", response_model=list[PolicyRead], responses=problem_responses(401, 403, 422, 503))
+@router.get("", response_model=list[PolicyRead])
 def list_policies(session: DbSession, _: AnyRole) -> list[Policy]:
     return service.list_policies(session)
 
 
-@router.get(
-    "/{slug}",
-    response_model=PolicyWithVersions,
-    responses=problem_responses(401, 403, 404, 422, 503),
-)
+@router.get("/{slug}", response_model=PolicyWithVersions)
 def get_policy(slug: Slug, session: DbSession, _: AnyRole) -> PolicyWithVersions:
     policy = service.get_policy(session, slug)
     versions = [
@@ -69,11 +65,7 @@ def get_policy(slug: Slug, session: DbSession, _: AnyRole) -> PolicyWithVersions
     )
 
 
-@router.get(
-    "/{slug}/versions/{version}",
-    response_model=PolicyVersionRead,
-    responses=problem_responses(401, 403, 404, 422, 503),
-)
+@router.get("/{slug}/versions/{version}", response_model=PolicyVersionRead)
 def get_policy_version(
     slug: Slug, version: VersionNumber, session: DbSession, _: AnyRole
 ) -> PolicyVersionRead:
@@ -86,7 +78,7 @@ def get_policy_version(
     "/{slug}/versions",
     response_model=PolicyVersionRead,
     status_code=status.HTTP_201_CREATED,
-    responses=problem_responses(400, 401, 403, 404, 409, 413, 422, 503),
+    responses=problem_responses(409),
 )
 def create_policy_version(
     slug: Slug, draft: PolicyDraft, session: DbSession, _: Admin
@@ -95,11 +87,7 @@ def create_policy_version(
     return _version_read(service.get_policy(session, slug), version)
 
 
-@router.post(
-    "/{slug}/versions/{version}/activate",
-    response_model=PolicyRead,
-    responses=problem_responses(401, 403, 404, 422, 503),
-)
+@router.post("/{slug}/versions/{version}/activate", response_model=PolicyRead)
 def activate_policy_version(
     slug: Slug, version: VersionNumber, session: DbSession, _: Admin
 ) -> Policy:

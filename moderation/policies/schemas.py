@@ -9,10 +9,23 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from moderation.core.fields import Text
+from moderation.policies import examples
 
 CategoryId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 PolicySlug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")]
 Severity = Annotated[int, Field(ge=1, le=4)]
+
+# How long an item may wait for a reviewer before it counts as late: a day, the usual promise of
+# a trust & safety team to its users. Appeals and escalations keep the same clock.
+DEFAULT_REVIEW_SLA_MINUTES = 24 * 60
+ReviewSlaMinutes = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=30 * 24 * 60,
+        description="Minutes an item may wait in the review queue before its SLA is breached.",
+    ),
+]
 
 DEFAULT_SEVERITY_SCALE: dict[int, str] = {
     1: "mild: borderline or low-harm content that some audiences may not want to see",
@@ -23,7 +36,9 @@ DEFAULT_SEVERITY_SCALE: dict[int, str] = {
 
 
 class CategoryExample(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"examples": [examples.CATEGORY_EXAMPLE]}
+    )
 
     content: Text = Field(min_length=1, description="What the upload shows or says.")
     severity: Severity | None = Field(
@@ -32,7 +47,9 @@ class CategoryExample(BaseModel):
 
 
 class PolicyCategory(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"examples": [examples.CATEGORY]}
+    )
 
     id: CategoryId
     name: Text = Field(min_length=1)
@@ -54,13 +71,16 @@ class PolicyCategory(BaseModel):
 class PolicyDocument(BaseModel):
     """One immutable version of a policy rubric."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"examples": [examples.DOCUMENT]}
+    )
 
     slug: PolicySlug
     version: int = Field(ge=1)
     title: Text = Field(min_length=1)
     instructions: Text = Field(min_length=1)
     min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
+    review_sla_minutes: ReviewSlaMinutes = DEFAULT_REVIEW_SLA_MINUTES
     severity_scale: dict[Severity, Text] = Field(
         default_factory=lambda: dict(DEFAULT_SEVERITY_SCALE)
     )
@@ -85,6 +105,8 @@ class PolicyDocument(BaseModel):
 
 
 class PolicyVersionRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.VERSION]})
+
     id: UUID
     slug: str
     version: int
@@ -95,6 +117,8 @@ class PolicyVersionRead(BaseModel):
 
 
 class PolicyRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.POLICY]})
+
     slug: str
     title: str
     active_version: int | None
@@ -103,6 +127,8 @@ class PolicyRead(BaseModel):
 
 
 class PolicyVersionSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.VERSION_SUMMARY]})
+
     version: int
     active: bool
     content_sha256: str
@@ -110,17 +136,20 @@ class PolicyVersionSummary(BaseModel):
 
 
 class PolicyWithVersions(PolicyRead):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.POLICY_WITH_VERSIONS]})
+
     versions: list[PolicyVersionSummary]
 
 
 class PolicyDraft(BaseModel):
     """A new version's rubric; slug and version number come from the URL and the server."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [examples.DRAFT]})
 
     title: Text = Field(min_length=1)
     instructions: Text = Field(min_length=1)
     min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
+    review_sla_minutes: ReviewSlaMinutes = DEFAULT_REVIEW_SLA_MINUTES
     severity_scale: dict[Severity, Text] = Field(
         default_factory=lambda: dict(DEFAULT_SEVERITY_SCALE)
     )

@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -19,11 +20,12 @@ from moderation.core.errors import (
 )
 from moderation.core.fields import ImagePosition, Text
 from moderation.core.json_limits import load_json
+from moderation.core.openapi import documented_model
 from moderation.core.pagination import CursorParam, Page
 from moderation.core.problems import field_errors, problem_responses
 from moderation.database import DbSession
 from moderation.decisions.models import Action
-from moderation.submissions import service
+from moderation.submissions import examples, service
 from moderation.submissions.models import SubmissionStatus
 from moderation.submissions.schemas import (
     METADATA_MAX_BYTES,
@@ -34,21 +36,9 @@ from moderation.submissions.schemas import (
     SubmissionSummary,
 )
 from moderation.tenants.dependencies import Ingest, IngestOrReviewer, Reviewer
+from moderation.webhooks import service as webhooks
 
 router = APIRouter(prefix="/v1/submissions", tags=["submissions"])
-
-_MULTIPART_SCHEMA = {
-    "type": "object",
-    "required": ["external_id"],
-    "properties": {
-        "external_id": {"type": "string"},
-        "text": {"type": "string"},
-        "policy": {"type": "string"},
-        "callback_url": {"type": "string"},
-        "metadata": {"type": "string", "description": "a JSON object, as a string"},
-        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-    },
-}
 
 
 def _validation_problem(exc: ValidationError, where: str) -> ValidationFailed:
@@ -77,7 +67,8 @@ def _form_problem(message: str, settings: Settings) -> DomainError:
 
 
 async def _read_json(request: Request, settings: Settings) -> service.NewSubmission:
-    # BodySizeLimit (main.py) has already capped how much of this can arrive.
+    # BodySizeLimit (main.py) has already capped how much of this can arrive; the bytes were
+    # read (and their signature checked) before parsing, and Starlette keeps them.
     body = await request.body()
 
     def parse() -> service.NewSubmission:
@@ -150,27 +141,40 @@ async def _read_multipart(request: Request, settings: Settings) -> service.NewSu
     status_code=status.HTTP_202_ACCEPTED,
     response_model=SubmissionAccepted,
     responses={
-        200: {"model": SubmissionAccepted, "description": "already submitted"},
-        **problem_responses(400, 401, 403, 409, 413, 415, 422, 503),
+        200: {"model": SubmissionAccepted, "description": "already submitted: the same payload"},
+        **problem_responses(409, 415),
     },
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": {"$ref": "#/components/schemas/SubmissionCreate"},
-                    "example": SubmissionCreate.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
+                    "schema": documented_model(SubmissionCreate),
                 },
-                "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+                "multipart/form-data": {"schema": examples.MULTIPART_FORM},
             },
         }
     },
 )
 async def create_submission(
     request: Request, response: Response, session: DbSession, principal: Ingest
-) -> SubmissionAccepted:
+) -> SubmissionAccepted | JSONResponse:
     """Accept an upload for moderation; the decision follows by callback or polling."""
     settings: Settings = request.app.state.settings
+    # A tenant that signs its submissions has the raw bytes verified before anything is parsed.
+    signed = await run_in_threadpool(
+        webhooks.check_signed_submission,
+        session,
+        principal.tenant_id,
+        request.headers,
+        await request.body(),
+    )
+    if signed.repeat_of is not None:
+        return JSONResponse(
+            signed.repeat_of.body,
+            status_code=signed.repeat_of.status_code,
+            headers={"Location": f"/v1/submissions/{signed.repeat_of.body['id']}"},
+        )
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         new = await _read_json(request, settings)
@@ -186,16 +190,23 @@ async def create_submission(
     if not created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/v1/submissions/{submission.id}"
-    return SubmissionAccepted(
+    accepted = SubmissionAccepted(
         id=submission.id, external_id=submission.external_id, status=submission.status
     )
+    if signed.webhook_id is not None:
+        await run_in_threadpool(
+            webhooks.remember_answer,
+            session,
+            principal.tenant_id,
+            signed.webhook_id,
+            submission_id=submission.id,
+            status_code=response.status_code or status.HTTP_202_ACCEPTED,
+            body=accepted.model_dump(mode="json"),
+        )
+    return accepted
 
 
-@router.get(
-    "",
-    response_model=Page[SubmissionSummary],
-    responses=problem_responses(401, 403, 422, 503),
-)
+@router.get("", response_model=Page[SubmissionSummary])
 def list_submissions(
     session: DbSession,
     principal: IngestOrReviewer,
@@ -218,11 +229,7 @@ def list_submissions(
     )
 
 
-@router.get(
-    "/{submission_id}",
-    response_model=SubmissionRead,
-    responses=problem_responses(401, 403, 404, 422, 503),
-)
+@router.get("/{submission_id}", response_model=SubmissionRead)
 def get_submission(
     submission_id: uuid.UUID, session: DbSession, principal: IngestOrReviewer
 ) -> SubmissionRead:
@@ -233,24 +240,23 @@ def get_submission(
     "/{submission_id}/images/{position}",
     response_class=Response,
     responses={
-        200: {"content": {"image/jpeg": {}}, "description": "the normalized image"},
-        **problem_responses(401, 403, 404, 422, 503),
+        200: {
+            "description": "the normalized image: what the model and the reviewer see",
+            "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+        }
     },
 )
 def get_submission_image(
     submission_id: uuid.UUID, position: ImagePosition, session: DbSession, principal: Reviewer
 ) -> Response:
+    """One image of a submission, after decoding, metadata stripping and resizing."""
     data, mime = service.normalized_image(session, principal, submission_id, position)
     # Uploaded bytes, served from the API's origin: never let a browser guess another type.
     headers = {"Cache-Control": "private", "X-Content-Type-Options": "nosniff"}
     return Response(content=data, media_type=mime, headers=headers)
 
 
-@router.get(
-    "/{submission_id}/audit",
-    response_model=list[AuditEventRead],
-    responses=problem_responses(401, 403, 404, 422, 503),
-)
+@router.get("/{submission_id}/audit", response_model=list[AuditEventRead])
 def get_submission_audit(
     submission_id: uuid.UUID, session: DbSession, principal: Reviewer
 ) -> list[AuditEventRead]:

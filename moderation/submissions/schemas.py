@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from moderation.core.fields import StorableJsonObject, Text, WebUrl
+from moderation.core.fields import StorableJsonObject, Text, WebUrl, WebUrlText
 from moderation.decisions.models import Action, DecisionSource, ReviewReason
+from moderation.submissions import examples
 from moderation.submissions.models import SubmissionStatus
 
 METADATA_MAX_BYTES = 16 * 1024
@@ -18,7 +19,15 @@ TEXT_MAX_LENGTH = 20_000
 class ImageInput(BaseModel):
     """An image by URL (fetched by the worker) or inline as base64 (optionally a data: URL)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"url": "https://media.example.com/u/8f14e45f.jpg"},
+                {"data": examples.INLINE_IMAGE},
+            ]
+        },
+    )
 
     url: WebUrl | None = Field(default=None, max_length=4096)
     data: str | None = Field(default=None, description="base64, or a data:image/...;base64, URL")
@@ -32,17 +41,7 @@ class ImageInput(BaseModel):
 
 class SubmissionCreate(BaseModel):
     model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "external_id": "upload-8f14e45f",
-                    "text": "Sunset at the lake with friends",
-                    "images": [{"url": "https://media.example.com/u/8f14e45f.jpg"}],
-                    "metadata": {"user_id": "u-123", "surface": "profile"},
-                }
-            ]
-        },
+        extra="forbid", json_schema_extra={"examples": [examples.SUBMISSION_CREATE]}
     )
 
     external_id: Text = Field(min_length=1, max_length=256)
@@ -52,7 +51,14 @@ class SubmissionCreate(BaseModel):
     policy: Text | None = Field(
         default=None, max_length=64, description="policy slug; default 'default'"
     )
-    callback_url: WebUrl | None = Field(default=None, max_length=2048)
+    # Kept as written: URL parsers "repair" forms like `http:///x` into another host, and the
+    # checks at ingest must see what the client sent.
+    callback_url: WebUrlText | None = Field(
+        default=None,
+        max_length=2048,
+        description="where to POST the signed decision events; the tenant's URL when absent",
+        json_schema_extra={"format": "uri"},
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -70,18 +76,24 @@ class SubmissionCreate(BaseModel):
 
 
 class SubmissionAccepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.SUBMISSION_ACCEPTED]})
+
     id: uuid.UUID
     external_id: str
     status: SubmissionStatus
 
 
 class CategoryRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.CATEGORY]})
+
     category: str
     severity: int
     confidence: float | None = None
 
 
 class DecisionRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.DECISION]})
+
     action: Action
     source: DecisionSource
     reason: ReviewReason | None = Field(description="why the item went to review, if it did")
@@ -92,6 +104,8 @@ class DecisionRead(BaseModel):
 
 
 class ViolationRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.VIOLATION]})
+
     category: str
     severity: int
     confidence: float
@@ -102,6 +116,8 @@ class ViolationRead(BaseModel):
 
 class VerdictRead(BaseModel):
     """One model call: the verdict when it parsed, and its full provenance either way."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.VERDICT]})
 
     rating: Literal["safe", "unsafe"] | None
     confidence: float | None
@@ -129,6 +145,8 @@ class VerdictRead(BaseModel):
 
 
 class ImageRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.IMAGE]})
+
     position: int
     source_url: str | None
     sha256: str | None
@@ -141,11 +159,15 @@ class ImageRead(BaseModel):
 
 
 class PolicyRef(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.POLICY_REF]})
+
     slug: str
     version: int
 
 
 class SubmissionRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.SUBMISSION]})
+
     id: uuid.UUID
     external_id: str
     status: SubmissionStatus
@@ -163,6 +185,8 @@ class SubmissionRead(BaseModel):
 
 
 class SubmissionSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.SUBMISSION_SUMMARY]})
+
     id: uuid.UUID
     external_id: str
     status: SubmissionStatus
@@ -172,8 +196,19 @@ class SubmissionSummary(BaseModel):
 
 
 class AuditEventRead(BaseModel):
+    """One link of the submission's tamper-evident chain of events."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.AUDIT_EVENT]})
+
     id: int
+    seq: int = Field(description="position in the submission's chain, from 1")
     event: str
     actor: str
     data: dict[str, Any]
     created_at: datetime
+    prev_sha256: str | None = Field(
+        description="sha256 of the event before this one in the chain; null for the first"
+    )
+    sha256: str = Field(
+        description="sha256 over this event's canonical form, which includes prev_sha256"
+    )

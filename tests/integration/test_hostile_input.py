@@ -312,3 +312,54 @@ def test_malformed_multipart(http, keys, content_type):
     )
     assert_problem(response, response.status_code)
     assert 400 <= response.status_code < 500
+
+
+# --- the review and webhook routes -------------------------------------------------------------
+
+SOME_ID = "00000000-0000-0000-0000-000000000000"
+TASK = f"/v1/review/tasks/{SOME_ID}"
+PRIORITY_BEYOND_INT4 = b'[2147483648, "2026-01-01T00:00:00+00:00", "' + SOME_ID.encode() + b'"]'
+
+
+@pytest.mark.parametrize(
+    ("path", "role", "body", "loc"),
+    [
+        (f"{TASK}/decision", "reviewer", {"action": "allow", "notes": NUL}, "notes"),
+        (f"{TASK}/escalate", "reviewer", {"notes": f"look{NUL}"}, "notes"),
+        (f"/v1/submissions/{SOME_ID}/appeals", "ingest", {"reason": f"mine{NUL}"}, "reason"),
+    ],
+    ids=["decision-notes", "escalate-notes", "appeal-reason"],
+)
+def test_nul_in_review_bodies(http, keys, path, role, body, loc):
+    response = http.post(path, json=body, headers=keys.headers(role))
+    assert_problem(response, 422, ["body", loc])
+
+
+@pytest.mark.parametrize(
+    ("query", "loc"),
+    [
+        ({"cursor": _cursor(PRIORITY_BEYOND_INT4)}, ["query", "cursor"]),
+        ({"cursor": _cursor(b"[" * 500 + b"]" * 500)}, ["query", "cursor"]),
+        ({"older_than": "P999999999D"}, ["query", "older_than"]),
+        ({"newer_than": "-P999999999D"}, ["query", "newer_than"]),
+    ],
+    ids=["priority-beyond-int4", "deep", "older-than-forever", "newer-than-forever"],
+)
+def test_review_queue_parameters_beyond_what_sql_holds(http, keys, query, loc):
+    response = http.get("/v1/review/queue", params=query, headers=keys.headers("reviewer"))
+    assert_problem(response, 422, loc)
+
+
+def test_webhook_delivery_cursors(http, keys):
+    response = http.get(
+        "/v1/webhooks/deliveries",
+        params={"cursor": _cursor(b"[" * 500 + b"]" * 500)},
+        headers=keys.headers("admin"),
+    )
+    assert_problem(response, 422, ["query", "cursor"])
+
+
+@pytest.mark.parametrize("url", ["http://exa mple.com/hook", "https://hooks.example.com/\x7f"])
+def test_callback_urls_with_spaces_or_controls(http, keys, url):
+    response = post_json(http, keys, json.dumps(submission(callback_url=url)))
+    assert_problem(response, 422, ["body", "callback_url"])

@@ -147,6 +147,13 @@ def test_a_worker_killed_mid_model_call_loses_nothing(
             stderr=subprocess.STDOUT,
         )
     try:
+        # On a busy machine a worker takes longer to start than the relay's grace period; sent
+        # earlier, the task would be re-sent to (and finished by) the session's worker instead.
+        deadline = time.monotonic() + 60
+        while b"ready." not in (tmp_path / "doomed.log").read_bytes():
+            assert doomed.poll() is None, (tmp_path / "doomed.log").read_text()
+            assert time.monotonic() < deadline, "the doomed worker never became ready"
+            time.sleep(0.1)
         submission_id = insert_without_sending(migrated, tenant, f"caption {case}")
         celery_app.send_task(MODERATE_SUBMISSION, args=[str(submission_id)], queue=queue)
         deadline = time.monotonic() + 60
