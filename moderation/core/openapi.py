@@ -61,7 +61,10 @@ _EXAMPLE_PROBLEMS: dict[int, dict[str, Any]] = {
         "detail": "submission 7d0c6f4e-0000-4000-8000-000000000000 does not exist",
     },
     409: {"title": "Conflict", "detail": "conflicts with the object's current state"},
-    413: {"title": "Payload too large", "detail": "request body is larger than 224752976 bytes"},
+    413: {
+        "title": "Payload too large",
+        "detail": "request body (application/json) is larger than 29010606 bytes",
+    },
     415: {
         "title": "Unsupported media type",
         "detail": "send application/json or multipart/form-data",

@@ -162,12 +162,15 @@ async def create_submission(
     """Accept an upload for moderation; the decision follows by callback or polling."""
     settings: Settings = request.app.state.settings
     # A tenant that signs its submissions has the raw bytes verified before anything is parsed.
+    # Only then is the whole body read into memory: an unsigned multipart upload stays spooled
+    # on disk, one image read at a time.
+    signs = await run_in_threadpool(webhooks.inbound_signing_required, session, principal.tenant_id)
     signed = await run_in_threadpool(
         webhooks.check_signed_submission,
         session,
         principal.tenant_id,
         request.headers,
-        await request.body(),
+        await request.body() if signs else b"",
     )
     if signed.repeat_of is not None:
         return JSONResponse(
