@@ -58,7 +58,7 @@ def get(session: Session, submission_id: uuid.UUID) -> Submission | None:
 def insert_image(session: Session, image: SubmissionImage) -> None:
     """Write one image row now and forget it, so its bytes can be freed before the next."""
     session.add(image)
-    session.flush([image])
+    session.flush()
     session.expunge(image)
 
 
