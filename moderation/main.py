@@ -24,6 +24,7 @@ from moderation.database import (
 )
 from moderation.ops.router import SubmissionCollector
 from moderation.ops.router import router as ops_router
+from moderation.policies.metrics import ShadowCollector
 from moderation.policies.router import router as policies_router
 from moderation.review.metrics import ReviewCollector
 from moderation.review.router import appeals_router
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = factory
         registry = CollectorRegistry()
         registry.register(SubmissionCollector(factory))
+        registry.register(ShadowCollector(factory))
         registry.register(ReviewCollector(factory))
         registry.register(WebhookCollector(factory))
         app.state.metrics_registry = registry

@@ -36,7 +36,7 @@ def insert_without_sending(database_url: str, tenant: TenantKeys, text: str, **f
             payload_sha256="0" * 64,
             text=text,
             metadata_={},
-            policy_version_id=active_version(session, "default").id,
+            policy_version_id=active_version(session, tenant.tenant_id, "default").id,
             **{"status": SubmissionStatus.queued, "attempts": 0, **fields},
         )
         session.add(submission)
