@@ -63,16 +63,15 @@ def with_database(server: str, name: str) -> str:
 
 
 def prepare(database_url: str) -> str:
-    """Schema, shipped policies and an ingest key on the scratch database."""
+    """Schema, a tenant (with its copies of the shipped policies) and an ingest key."""
     from moderation.database import get_sessionmaker, session_scope
-    from moderation.schema_migrations import load_shipped_policies, upgrade_schema
+    from moderation.schema_migrations import upgrade_schema
     from moderation.tenants.models import Role
     from moderation.tenants.service import create_api_key, create_tenant
 
     url = database_url.replace("postgresql://", "postgresql+psycopg://", 1)
     upgrade_schema(url)
     with session_scope(get_sessionmaker(url)) as session:
-        load_shipped_policies(session)
         tenant = create_tenant(session, "memory-benchmark")
         return create_api_key(session, tenant.id, Role.ingest).secret
 

@@ -19,7 +19,7 @@ import uvicorn
 
 from moderation.config import Settings
 from moderation.database import get_sessionmaker, session_scope
-from moderation.schema_migrations import load_shipped_policies, upgrade_schema
+from moderation.schema_migrations import upgrade_schema
 from moderation.submissions.models import Submission, SubmissionStatus
 from tests.conftest import ROOT, free_port, stop_process
 from tests.factories import image_b64, make_tenant, marker, wait_for_outcome
@@ -64,8 +64,6 @@ def private_database_url(private_postgres: PrivatePostgres) -> str:
     url = private_postgres.url.rsplit("/", 1)[0] + "/moderation"
     url = url.replace("postgresql://", "postgresql+psycopg://", 1)
     upgrade_schema(url)
-    with session_scope(get_sessionmaker(url)) as session:
-        load_shipped_policies(session)
     return url
 
 
