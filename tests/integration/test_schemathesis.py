@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.factories import TenantKeys, make_tenant
 
-EXAMPLES_PER_OPERATION_AND_MODE = 12
+EXAMPLES_PER_OPERATION_AND_MODE = 10
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
