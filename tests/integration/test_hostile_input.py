@@ -363,3 +363,13 @@ def test_webhook_delivery_cursors(http, keys):
 def test_callback_urls_with_spaces_or_controls(http, keys, url):
     response = post_json(http, keys, json.dumps(submission(callback_url=url)))
     assert_problem(response, 422, ["body", "callback_url"])
+
+
+@pytest.mark.parametrize("version", [INT4_OVERFLOW, 10**30])
+def test_report_versions_beyond_the_column(http, keys, version):
+    response = http.get(
+        "/v1/reports/agreement",
+        params={"policy": "default", "version": version},
+        headers=keys.headers("admin"),
+    )
+    assert_problem(response, 422, ["query", "version"])
