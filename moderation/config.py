@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     database_url: str | None = None
     broker_url: str | None = None
     data_dir: Path = Path(".moderation")
+    # A request meets an unreachable database with a 503 within about these many seconds,
+    # not a hang: one bounds a connection attempt, the other the wait for a pooled connection.
+    database_connect_timeout_s: int = Field(default=5, ge=1, le=300)
+    database_pool_timeout_s: float = Field(default=5.0, gt=0, le=300)
 
     # The vision-language model: any OpenAI-compatible server (vLLM, SGLang, Ollama, DashScope).
     vlm_base_url: str = "http://127.0.0.1:8000/v1"
@@ -169,9 +173,24 @@ class Settings(BaseSettings):
         return self.task_hard_time_limit_s + self._limit_margin_s
 
     @property
+    def json_body_max_bytes(self) -> int:
+        """A JSON body holds one image at the cap, base64-encoded, plus text and metadata.
+
+        JSON is read and parsed whole, several copies at once (bytes, base64 text, image
+        bytes), so it is kept to one image's worth; more or larger images go as multipart
+        files or by URL, which are never held as text.
+        """
+        return self.image_max_bytes * 4 // 3 + 4 + 1024 * 1024
+
+    @property
+    def multipart_body_max_bytes(self) -> int:
+        """Every image at the cap as a file part, plus the text fields."""
+        return self.image_max_count * (self.image_max_bytes + 1024) + 1024 * 1024
+
+    @property
     def request_max_bytes(self) -> int:
-        """The largest request worth reading: every image at the cap, base64-encoded."""
-        return self.image_max_count * (self.image_max_bytes * 4 // 3 + 1024) + 1024 * 1024
+        """The largest request body of any kind worth reading."""
+        return max(self.json_body_max_bytes, self.multipart_body_max_bytes)
 
     @property
     def backtest_concurrency(self) -> int:

@@ -3,6 +3,7 @@
 A task is sent only after the transaction that made its row commits. A task sent before commit
 can run before its row is visible; one sent without commit may point at nothing. A send that
 fails after commit loses nothing either: the row stays `queued` and the relay sends it again.
+Sends happen on a thread of their own, so a slow or absent broker never holds up a request.
 
 Postgres, not the broker, is the record of what work exists: a task only carries ids, and the
 relay re-sends anything the broker dropped. Workers register their tasks on this app by name
@@ -12,6 +13,10 @@ relay re-sends anything the broker dropped. Workers register their tasks on this
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import threading
+import time
 from typing import Any
 
 from celery import Celery
@@ -103,18 +108,71 @@ def enqueue_after_commit(session: Session, task_name: str, *args: Any) -> None:
     session.info.setdefault(_PENDING, []).append((task_name, args))
 
 
+class _Publisher:
+    """Sends tasks from a thread of its own, so that no commit, and no HTTP response, waits on the
+    broker.
+
+    A broker that refuses connections costs a send its bounded retries; one that accepts and
+    never answers costs it much longer. Either way the row is committed and `queued`, and the
+    relay sends whatever this thread could not, so the caller has nothing to wait for. The
+    backlog is bounded: past it, sends are left to the relay too.
+    """
+
+    def __init__(self, backlog: int = 10_000) -> None:
+        self._backlog = backlog
+        self._pending: queue.Queue[tuple[str, tuple[Any, ...]]] = queue.Queue(backlog)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._forget_thread)
+
+    def _forget_thread(self) -> None:
+        # A forked child has the queue but not the thread; it starts its own on first use.
+        self._pending = queue.Queue(self._backlog)
+        self._thread = None
+        self._lock = threading.Lock()
+
+    def submit(self, task_name: str, args: tuple[Any, ...]) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="moderation-publisher", daemon=True
+                )
+                self._thread.start()
+        try:
+            self._pending.put_nowait((task_name, args))
+        except queue.Full:
+            logger.warning("publisher backlog full; the relay will send %s%r", task_name, args)
+
+    def _run(self) -> None:
+        while True:
+            task_name, args = self._pending.get()
+            try:
+                celery_app.send_task(task_name, args=list(args))
+            except Exception:
+                logger.warning(
+                    "could not send %s%r now; the relay will", task_name, args, exc_info=True
+                )
+            finally:
+                self._pending.task_done()
+
+    def wait_until_sent(self, timeout: float) -> bool:
+        """Block until every task submitted so far was sent or given up on (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._pending.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+
+publisher = _Publisher()
+
+
 @event.listens_for(Session, "after_commit")
 def _send_pending_tasks(session: Session) -> None:
     pending: list[tuple[str, tuple[Any, ...]]] = session.info.pop(_PENDING, [])
-    if not pending:
-        return
     for task_name, args in pending:
-        try:
-            celery_app.send_task(task_name, args=list(args))
-        except Exception:
-            logger.warning(
-                "could not send %s%r now; the relay will", task_name, args, exc_info=True
-            )
+        publisher.submit(task_name, args)
 
 
 @event.listens_for(Session, "after_rollback")

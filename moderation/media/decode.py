@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from PIL import ExifTags, Image, ImageOps
 
+from moderation.core.errors import describe_exception
 from moderation.media.errors import ImageDecodeError
 from moderation.media.resize import image_tokens, smart_resize
 
@@ -105,7 +106,7 @@ def normalize_image(
         # Pillow's parsers report hostile or broken input with almost any exception type
         # (OSError, ValueError, SyntaxError, struct.error, IndexError, ...); every one of them
         # means the same thing here: not an image we can judge.
-        raise ImageDecodeError(f"image could not be decoded: {type(exc).__name__}: {exc}") from exc
+        raise ImageDecodeError(f"image could not be decoded: {describe_exception(exc)}") from exc
 
     return NormalizedImage(
         data=encoded,

@@ -64,7 +64,10 @@ def moderate_submission(submission_id: uuid.UUID, runtime: PipelineRuntime) -> N
     except Exception as exc:
         logger.exception("moderating %s failed", submission_id)
         judged = JudgedWork(
-            failure(ReviewReason.internal_error), detail=f"{type(exc).__name__}: {exc}"
+            # Tenants read this detail: the kind of failure, not its text (which may hold SQL,
+            # hosts or reprs); the traceback is in the worker's log above.
+            failure(ReviewReason.internal_error),
+            detail=f"internal error ({type(exc).__name__}); the worker log has the details",
         )
     if _store(work, judged, runtime) and work.shadow is not None:
         # After the live decision is committed: the shadow can neither delay nor change it.

@@ -9,13 +9,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
 from moderation.audit.service import record_event
 from moderation.config import Settings
 from moderation.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from moderation.core.fields import INT4_MAX
 from moderation.core.pagination import decode_position, encode_position
 from moderation.decisions.models import Action, Decision, DecisionSource
 from moderation.decisions.rules import Outcome
@@ -114,15 +116,17 @@ def read_queue(
     )
 
 
+# The priority is compared with an `integer` column: beyond 32 bits PostgreSQL raises.
+_QUEUE_POSITION = TypeAdapter(
+    tuple[Annotated[int, Field(ge=-INT4_MAX - 1, le=INT4_MAX)], AwareDatetime, uuid.UUID]
+)
+
+
 def _decode_queue_cursor(cursor: str) -> QueuePosition:
-    priority, created_at, task_id = decode_position(cursor, 3)
     try:
-        return QueuePosition(
-            priority=int(priority),
-            created_at=datetime.fromisoformat(str(created_at)),
-            task_id=uuid.UUID(str(task_id)),
-        )
-    except ValueError as exc:
+        priority, created_at, task_id = _QUEUE_POSITION.validate_python(decode_position(cursor, 3))
+        return QueuePosition(priority=priority, created_at=created_at, task_id=task_id)
+    except ValidationError as exc:
         raise ValidationFailed(
             "cursor is not one this API returned",
             errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],

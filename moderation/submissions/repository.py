@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -56,9 +55,11 @@ def get(session: Session, submission_id: uuid.UUID) -> Submission | None:
     return session.get(Submission, submission_id)
 
 
-def add_all(session: Session, rows: Sequence[object]) -> None:
-    session.add_all(rows)
+def insert_image(session: Session, image: SubmissionImage) -> None:
+    """Write one image row now and forget it, so its bytes can be freed before the next."""
+    session.add(image)
     session.flush()
+    session.expunge(image)
 
 
 def list_for_tenant(

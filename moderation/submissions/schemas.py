@@ -5,13 +5,15 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from moderation.core.fields import StorableJsonObject, Text, WebUrl, WebUrlText
 from moderation.decisions.models import Action, DecisionSource, ReviewReason
 from moderation.submissions import examples
 from moderation.submissions.models import SubmissionStatus, VerdictRole
 
 METADATA_MAX_BYTES = 16 * 1024
+TEXT_MAX_LENGTH = 20_000
 
 
 class ImageInput(BaseModel):
@@ -27,7 +29,7 @@ class ImageInput(BaseModel):
         },
     )
 
-    url: AnyHttpUrl | None = Field(default=None, max_length=4096)
+    url: WebUrl | None = Field(default=None, max_length=4096)
     data: str | None = Field(default=None, description="base64, or a data:image/...;base64, URL")
 
     @model_validator(mode="after")
@@ -42,11 +44,11 @@ class SubmissionCreate(BaseModel):
         extra="forbid", json_schema_extra={"examples": [examples.SUBMISSION_CREATE]}
     )
 
-    external_id: str = Field(min_length=1, max_length=256)
-    text: str | None = Field(default=None, max_length=20_000)
+    external_id: Text = Field(min_length=1, max_length=256)
+    text: Text | None = Field(default=None, max_length=TEXT_MAX_LENGTH)
     images: list[ImageInput] = Field(default_factory=list, max_length=32)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    policy: str | None = Field(
+    metadata: StorableJsonObject = Field(default_factory=dict)
+    policy: Text | None = Field(
         default=None,
         max_length=80,
         description=(
@@ -57,7 +59,7 @@ class SubmissionCreate(BaseModel):
     )
     # Kept as written: URL parsers "repair" forms like `http:///x` into another host, and the
     # checks at ingest must see what the client sent.
-    callback_url: str | None = Field(
+    callback_url: WebUrlText | None = Field(
         default=None,
         max_length=2048,
         description="where to POST the signed decision events; the tenant's URL when absent",

@@ -9,15 +9,22 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
 from moderation.audit import service as audit
 from moderation.config import Settings
-from moderation.core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from moderation.core.errors import (
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from moderation.core.pagination import Page, decode_cursor, encode_cursor
 from moderation.decisions.models import Action, Decision, ShadowOutcome
+from moderation.media.sniff import ACCEPTED_MIME_TYPES, SNIFF_BYTES, sniff_image_mime
 from moderation.policies import service as policies
 from moderation.queue import MODERATE_SUBMISSION, enqueue_after_commit
 from moderation.submissions import repository
@@ -47,6 +54,22 @@ from moderation.webhooks.service import check_callback_url
 class ImageSource:
     url: str | None = None
     data: bytes | None = None
+    # An uploaded file the form parser spooled to disk, and its sha256 (taken while checking
+    # it). Read only when its row is written, one image at a time: a request with every image
+    # at the cap never holds them all in memory at once.
+    upload: BinaryIO | None = None
+    upload_sha256: str | None = None
+
+    def content_sha256(self) -> str | None:
+        if self.upload_sha256 is not None:
+            return self.upload_sha256
+        return hashlib.sha256(self.data).hexdigest() if self.data is not None else None
+
+    def read(self) -> bytes | None:
+        if self.upload is None:
+            return self.data
+        self.upload.seek(0)
+        return self.upload.read()
 
 
 @dataclass(frozen=True)
@@ -63,9 +86,7 @@ class NewSubmission:
     def payload_sha256(self) -> str:
         """Identity of the payload, for idempotent redelivery: same hash, same submission."""
         images = [
-            {"url": image.url}
-            if image.url is not None
-            else {"sha256": hashlib.sha256(image.data or b"").hexdigest()}
+            {"url": image.url} if image.url is not None else {"sha256": image.content_sha256()}
             for image in self.images
         ]
         canonical = {
@@ -92,15 +113,41 @@ def decode_inline_image(data: str, position: int, settings: Settings) -> bytes:
         raw = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _image_error(position, "data is not valid base64") from exc
-    check_image_size(raw, position, settings)
+    check_image(raw, position, settings)
     return raw
 
 
-def check_image_size(raw: bytes, position: int, settings: Settings) -> None:
-    if not raw:
+def check_image(raw: bytes, position: int, settings: Settings) -> None:
+    """Refuse at once what the worker would refuse later: empty, too large, or not an image."""
+    check_image_start(raw[:SNIFF_BYTES], len(raw), position, settings)
+
+
+def check_upload(upload: BinaryIO, position: int, settings: Settings) -> str:
+    """check_image for a file on disk, read in chunks; returns its sha256."""
+    upload.seek(0)
+    digest = hashlib.sha256()
+    start = upload.read(SNIFF_BYTES)
+    size = len(start)
+    digest.update(start)
+    while size <= settings.image_max_bytes and (chunk := upload.read(1024 * 1024)):
+        size += len(chunk)
+        digest.update(chunk)
+    check_image_start(start, size, position, settings)
+    return digest.hexdigest()
+
+
+def check_image_start(start: bytes, size: int, position: int, settings: Settings) -> None:
+    if not size:
         raise _image_error(position, "image is empty")
-    if len(raw) > settings.image_max_bytes:
+    if size > settings.image_max_bytes:
         raise PayloadTooLarge(f"image {position} is larger than {settings.image_max_bytes} bytes")
+    if sniff_image_mime(start) is None:
+        accepted = ", ".join(ACCEPTED_MIME_TYPES)
+        message = f"not an image of an accepted type ({accepted})"
+        raise UnsupportedMediaType(
+            f"image {position} is {message}",
+            errors=[{"loc": ["body", "images", position], "msg": message, "type": "image_type"}],
+        )
 
 
 def _image_error(position: int, message: str) -> ValidationFailed:
@@ -185,19 +232,18 @@ def create_submission(
 def _store_new_images(
     session: Session, submission_id: uuid.UUID, images: list[ImageSource]
 ) -> None:
-    repository.add_all(
-        session,
-        [
+    # One row at a time, each written and let go before the next image is read.
+    for position, image in enumerate(images):
+        repository.insert_image(
+            session,
             SubmissionImage(
                 submission_id=submission_id,
                 position=position,
                 source_url=image.url,
-                source_data=image.data,
-                source_sha256=hashlib.sha256(image.data).hexdigest() if image.data else None,
-            )
-            for position, image in enumerate(images)
-        ],
-    )
+                source_data=image.read(),
+                source_sha256=image.content_sha256(),
+            ),
+        )
 
 
 def get_submission(session: Session, principal: Principal, submission_id: uuid.UUID) -> Submission:
