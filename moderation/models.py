@@ -4,7 +4,12 @@ from moderation.audit.models import AuditEvent
 from moderation.core.models import Base
 from moderation.decisions.models import Decision
 from moderation.policies.models import Policy, PolicyVersion
-from moderation.submissions.models import Submission, SubmissionImage, Verdict
+from moderation.submissions.models import (
+    Submission,
+    SubmissionImage,
+    SubmissionImageFrame,
+    Verdict,
+)
 from moderation.tenants.models import ApiKey, Tenant
 
 __all__ = [
@@ -16,6 +21,7 @@ __all__ = [
     "PolicyVersion",
     "Submission",
     "SubmissionImage",
+    "SubmissionImageFrame",
     "Tenant",
     "Verdict",
 ]

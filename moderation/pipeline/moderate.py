@@ -6,6 +6,7 @@ a machine-readable reason, never in `allow`, and a run that dies is picked up by
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -13,17 +14,19 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from moderation.audit.service import record_event
 from moderation.database import session_scope
 from moderation.decisions.models import DecisionSource, ReviewReason
 from moderation.decisions.rules import failure
 from moderation.decisions.service import finish_without_judging, record_decision
-from moderation.pipeline.judge import JudgedWork, SourceImage, judge_content
+from moderation.pipeline.judge import ImageResult, JudgedWork, SourceImage, judge_content
 from moderation.pipeline.runtime import WORKER_ACTOR, PipelineRuntime
 from moderation.policies.schemas import PolicyDocument
 from moderation.policies.service import document_for_version
 from moderation.submissions import repository
-from moderation.submissions.models import Verdict
+from moderation.submissions.models import SubmissionImageFrame, Verdict
 from moderation.vlm.client import ModelCall
 
 logger = logging.getLogger(__name__)
@@ -101,10 +104,21 @@ def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | Non
             policy_version_id=submission.policy_version_id,
             policy=document_for_version(session, submission.policy_version_id),
             images=[
-                SourceImage(image.position, image.source_url, image.source_data)
-                for image in repository.images_of(session, submission.id, with_source=True)
+                SourceImage(
+                    source.position,
+                    source.url,
+                    load=functools.partial(_load_source, runtime, submission.id, source.position)
+                    if source.has_data
+                    else None,
+                )
+                for source in repository.stored_sources(session, submission.id)
             ],
         )
+
+
+def _load_source(runtime: PipelineRuntime, submission_id: uuid.UUID, position: int) -> bytes | None:
+    with session_scope(runtime.sessions) as session:
+        return repository.source_bytes(session, submission_id, position)
 
 
 def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> None:
@@ -115,21 +129,9 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> None
             logger.warning("lease on %s lost before storing; discarding", work.submission_id)
             return
         for result in judged.images:
-            values: dict[str, Any] = {"error": result.error}
-            if result.normalized is not None:
-                image = result.normalized
-                values |= {
-                    "data": image.data,
-                    "sha256": image.sha256,
-                    "width": image.width,
-                    "height": image.height,
-                    "mime": image.mime,
-                    "source_mime": image.source_mime,
-                    "tokens": image.tokens,
-                }
-            repository.update_image(session, submission.id, result.position, values)
+            _store_image(session, submission.id, result)
         for sequence, call in enumerate(judged.calls):
-            session.add(_verdict_row(work, sequence, call))
+            session.add(_verdict_row(work, sequence, call, judged.image_refs))
             record_event(
                 session,
                 work.tenant_id,
@@ -144,14 +146,55 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> None
                 },
             )
         if judged.reused is not None:
-            session.add(_reused_verdict_row(work, judged.reused))
+            session.add(_reused_verdict_row(work, judged.reused, judged.image_refs))
             source = DecisionSource.cache
         else:
             source = DecisionSource.model if judged.calls else DecisionSource.system
         record_decision(session, submission, judged.outcome, source=source, detail=judged.detail)
 
 
-def _verdict_row(work: WorkItem, sequence: int, call: ModelCall) -> Verdict:
+def _store_image(session: Session, submission_id: uuid.UUID, result: ImageResult) -> None:
+    values: dict[str, Any] = {"error": result.error}
+    media = result.media
+    if media is not None:
+        image = media.primary
+        values |= {
+            "data": image.data,
+            "sha256": image.sha256,
+            "width": image.width,
+            "height": image.height,
+            "mime": image.mime,
+            "source_mime": image.source_mime,
+            "tokens": image.tokens,
+            "frame_count": media.frame_count,
+        }
+        if media.frame_count > 1:
+            repository.replace_frames(
+                session,
+                submission_id,
+                result.position,
+                [
+                    SubmissionImageFrame(
+                        submission_id=submission_id,
+                        position=result.position,
+                        frame=frame.index,
+                        time_ms=frame.time_ms,
+                        data=frame.image.data,
+                        sha256=frame.image.sha256,
+                        width=frame.image.width,
+                        height=frame.image.height,
+                        mime=frame.image.mime,
+                        tokens=frame.image.tokens,
+                    )
+                    for frame in media.frames
+                ],
+            )
+    repository.update_image(session, submission_id, result.position, values)
+
+
+def _verdict_row(
+    work: WorkItem, sequence: int, call: ModelCall, image_refs: list[tuple[int, int]]
+) -> Verdict:
     return Verdict(
         submission_id=work.submission_id,
         policy_version_id=work.policy_version_id,
@@ -167,10 +210,13 @@ def _verdict_row(work: WorkItem, sequence: int, call: ModelCall) -> Verdict:
         output_tokens=call.output_tokens,
         latency_ms=call.latency_ms,
         rating_probability=call.rating_probability,
+        image_refs=[list(ref) for ref in image_refs],
     )
 
 
-def _reused_verdict_row(work: WorkItem, original: Verdict) -> Verdict:
+def _reused_verdict_row(
+    work: WorkItem, original: Verdict, image_refs: list[tuple[int, int]]
+) -> Verdict:
     return Verdict(
         submission_id=work.submission_id,
         policy_version_id=work.policy_version_id,
@@ -187,4 +233,5 @@ def _reused_verdict_row(work: WorkItem, original: Verdict) -> Verdict:
         latency_ms=0,
         rating_probability=original.rating_probability,
         reused_from_id=original.id,
+        image_refs=[list(ref) for ref in image_refs],
     )

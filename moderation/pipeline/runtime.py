@@ -1,4 +1,5 @@
-"""What a worker process holds for its whole life: settings, a connection pool, a model client."""
+"""What a worker process holds for its whole life: settings, a connection pool, a model client,
+and the decoding memory its threads share."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from moderation.config import Settings, get_settings
 from moderation.database import get_sessionmaker, resolve_database_url
+from moderation.media.budget import DecodeBudget
 from moderation.vlm.client import VLMClient
 
 # Which process did the work, for the audit trail.
@@ -21,6 +23,7 @@ class PipelineRuntime:
     settings: Settings
     sessions: sessionmaker[Session]
     vlm: VLMClient
+    decode_budget: DecodeBudget
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> PipelineRuntime:
@@ -32,4 +35,5 @@ class PipelineRuntime:
             settings=settings,
             sessions=get_sessionmaker(resolve_database_url(settings), pool),
             vlm=VLMClient(settings),
+            decode_budget=DecodeBudget(settings.image_decode_budget_bytes),
         )
