@@ -11,8 +11,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from moderation.audit.service import record_event
+from moderation.config import Settings, get_settings
 from moderation.decisions.models import Action, Decision, DecisionSource, ReviewReason
 from moderation.decisions.rules import Outcome, failure
+from moderation.submissions import repository as submissions_repository
 from moderation.submissions.models import Submission, SubmissionStatus
 
 
@@ -24,7 +26,10 @@ def record_decision(
     source: DecisionSource,
     detail: str | None = None,
     actor: str | None = None,
+    settings: Settings | None = None,
 ) -> Decision:
+    """Record the outcome; a final one (anything but review) also deletes the uploaded originals
+    unless the retention settings keep them for a while."""
     decision = Decision(
         submission_id=submission.id,
         action=outcome.action,
@@ -46,8 +51,30 @@ def record_decision(
     if outcome.reason:
         data["reason"] = outcome.reason.value
     record_event(session, submission.tenant_id, submission.id, event, actor or "system", data)
+    if outcome.action is not Action.review:
+        _purge_originals_at_final_decision(session, submission, settings or get_settings())
     session.flush()
     return decision
+
+
+def _purge_originals_at_final_decision(
+    session: Session, submission: Submission, settings: Settings
+) -> None:
+    """The original upload may carry EXIF GPS positions and device serials; once the outcome is
+    final only the metadata-free normalized copy is needed. In review the original stays, since
+    judging the item again (after a model outage, say) starts from it."""
+    if settings.retain_originals_days > 0:
+        return  # the periodic retention job deletes it later
+    purged = submissions_repository.purge_originals(session, submission.id)
+    if purged:
+        record_event(
+            session,
+            submission.tenant_id,
+            submission.id,
+            "media_purged",
+            "retention",
+            {"originals": purged, "normalized": 0, "why": "final_decision"},
+        )
 
 
 def finish_without_judging(

@@ -4,9 +4,10 @@ One decode of a large image holds its whole pixel buffer (Pillow decodes PNG, TI
 in one piece), so a worker running many threads could hold many of those at once: sixteen
 threads decoding 8000x8000 RGBA PNGs would need 4 GB. The budget is shared by all threads of a
 process. A large decode waits, first come first served, until its estimated working memory fits
-next to the large decodes already running (the decoder refuses any image that could never fit).
-Small decodes (ordinary photos and screenshots) never wait, so the common case pays nothing:
-what they can add is bounded by the thread count times the small limit.
+next to the decodes already running (the decoder refuses any image that could never fit).
+Small decodes never wait, so the common case pays nothing; they are counted, so large decodes
+make room for them, and what they can add beyond the budget is bounded by the thread count times
+the small limit.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from dataclasses import dataclass
 
 from moderation.media.errors import DecodeBudgetExhausted
 
-# Decodes estimated below this never wait for the budget: a 12 MP phone JPEG decodes at a quarter
-# scale into about 3 MB.
-SMALL_DECODE_BYTES = 4 * 1024 * 1024
+# Decodes estimated at or below this never wait: pictures up to about 800x600, with their
+# working copies and the decoder's fixed overhead.
+SMALL_DECODE_BYTES = 24 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,10 @@ class DecodeBudget:
         DecodeBudgetExhausted rather than running past its task's time limit.
         """
         if cost <= self.small_bytes:
-            yield
-            return
-        self._acquire(cost, deadline)
+            with self._condition:
+                self._take(cost, waited=False)
+        else:
+            self._acquire(cost, deadline)
         try:
             yield
         finally:
@@ -91,12 +93,15 @@ class DecodeBudget:
                 self._condition.notify_all()
                 raise
             self._queue.popleft()
-            self._in_use += cost
-            self._running += 1
-            self._peak = max(self._peak, self._in_use)
-            self._waits += waited
+            self._take(cost, waited=waited)
             # The next in line may fit too.
             self._condition.notify_all()
+
+    def _take(self, cost: int, *, waited: bool) -> None:
+        self._in_use += cost
+        self._running += 1
+        self._peak = max(self._peak, self._in_use)
+        self._waits += waited
 
     def _may_start(self, ticket: int, cost: int) -> bool:
         # First come, first served: a big decode is not overtaken for ever by smaller ones.

@@ -80,6 +80,8 @@ _ORIENTATION_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 
+# Decoder state, thumbnails and the encoded output, whatever the image's size.
+_DECODER_OVERHEAD = 8 * 1024 * 1024
 # Shrinking works on horizontal strips of about this many decoded bytes at a time.
 _STRIP_BYTES = 4 * 1024 * 1024
 # Integer reduction (a box filter, fast) stops at twice the target; Lanczos does the rest.
@@ -426,14 +428,14 @@ def _reduction(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int
 
 def _working_bytes(decoded: int, size: tuple[int, int], target: tuple[int, int]) -> int:
     """Peak memory of one decode: the pixel buffer, the shrunk copy twice over (it is flattened
-    and resized), a few strips in flight, and the output."""
+    and resized), a few strips in flight, the output, and the decoder's own state."""
     # `target` is in display orientation and `size` in stored orientation; taking the smaller
     # factor of both orientations keeps the estimate an upper bound either way.
     factors = min(_reduction(size, target), _reduction(size, (target[1], target[0])))
     shrunk = math.ceil(size[0] / factors[0]) * math.ceil(size[1] / factors[1]) * 4
     strips = 4 * min(_STRIP_BYTES, size[0] * size[1] * 4)
     output = target[0] * target[1] * 4
-    return decoded + 2 * shrunk + strips + 2 * output
+    return decoded + 2 * shrunk + strips + 2 * output + _DECODER_OVERHEAD
 
 
 def _render(

@@ -4,8 +4,8 @@ Judging only the first frame lets anyone hide a violation behind a harmless open
 judging every frame of a 500-frame GIF costs 500 images of tokens. The choice here takes both
 kinds of hiding place into account:
 
-- frames spread evenly over the running time (by index for pages, which have no time), the
-  first and the last included, so what a viewer watches for a while is seen;
+- half of them spread evenly over the running time (by index for pages, which have no time),
+  the first and the last included, so what a viewer watches for a while is seen;
 - then, one at a time, the frame that differs most from every frame already chosen, measured on
   tiny thumbnails: a single violent frame flashed between harmless ones differs from them all,
   so it is picked first, while a frame that merely returns to the opening picture is not.
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 def choose_frames(
     start_ms: Sequence[int], distance: Callable[[int, int], float], count: int
 ) -> list[int]:
-    """Up to `count` frame indexes, ascending, always frame 0 and (with two or more) the last.
+    """Up to `count` frame indexes, ascending: always frame 0, and the last with four or more.
 
     `start_ms[i]` is when frame i appears (non-decreasing; pass the indexes for pages), and
     `distance(i, j)` how different frames i and j look (0 for the same picture).
@@ -33,7 +33,9 @@ def choose_frames(
     if total <= count:
         return list(range(total))
     chosen: list[int] = []
-    spread = max(2, (count + 1) // 2) if count >= 2 else 1
+    # Half the frames go to the time spread, half to the differences; with only two to show,
+    # the second goes to the most different frame rather than to the last.
+    spread = max(1, count // 2)
     last_start = start_ms[-1]
     for step in range(spread):
         moment = last_start * step / (spread - 1) if spread > 1 else 0

@@ -5,7 +5,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -27,6 +27,9 @@ from moderation.submissions.schemas import (
 from moderation.tenants.dependencies import Ingest, IngestOrReviewer, Reviewer
 
 router = APIRouter(prefix="/v1/submissions", tags=["submissions"])
+
+# Image positions and frame numbers are stored as 32-bit integers.
+_MAX_INDEX = 2**31 - 1
 
 _MULTIPART_SCHEMA = {
     "type": "object",
@@ -197,6 +200,20 @@ def get_submission_image(
     submission_id: uuid.UUID, position: int, session: DbSession, principal: Reviewer
 ) -> Response:
     data, mime = service.normalized_image(session, principal, submission_id, position)
+    return Response(content=data, media_type=mime, headers={"Cache-Control": "private"})
+
+
+@router.get("/{submission_id}/images/{position}/frames/{frame}", response_class=Response)
+def get_submission_image_frame(
+    submission_id: uuid.UUID,
+    position: Annotated[int, Path(ge=0, le=_MAX_INDEX)],
+    frame: Annotated[int, Path(ge=0, le=_MAX_INDEX)],
+    session: DbSession,
+    principal: Reviewer,
+) -> Response:
+    """One frame of an animated or multi-page image, as the model saw it: the evidence a
+    verdict's `frame` points at."""
+    data, mime = service.frame_image(session, principal, submission_id, position, frame)
     return Response(content=data, media_type=mime, headers={"Cache-Control": "private"})
 
 
