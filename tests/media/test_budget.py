@@ -1,4 +1,5 @@
-"""DecodeBudget: large decodes share a byte budget first come first served; small ones never wait."""
+"""DecodeBudget: large decodes share a byte budget, first come first served; small ones never
+wait."""
 
 from __future__ import annotations
 
@@ -25,9 +26,12 @@ def test_small_decodes_never_wait_but_are_counted() -> None:
 def test_large_decodes_make_room_for_small_ones_running() -> None:
     budget = DecodeBudget(10 * MB, small_bytes=1 * MB)
 
-    with budget.reserve(1 * MB), pytest.raises(DecodeBudgetExhausted):
-        with budget.reserve(10 * MB, deadline=time.monotonic() + 0.1):
-            pass
+    with (
+        budget.reserve(1 * MB),
+        pytest.raises(DecodeBudgetExhausted),
+        budget.reserve(10 * MB, deadline=time.monotonic() + 0.1),
+    ):
+        pass
 
 
 def test_large_decodes_wait_until_they_fit() -> None:
@@ -123,9 +127,12 @@ def test_first_come_first_served_so_a_big_decode_is_not_starved() -> None:
 def test_a_decode_that_waits_past_its_deadline_goes_to_review() -> None:
     budget = DecodeBudget(10 * MB, small_bytes=1 * MB)
 
-    with budget.reserve(8 * MB), pytest.raises(DecodeBudgetExhausted) as caught:
-        with budget.reserve(5 * MB, deadline=time.monotonic() + 0.1):
-            pass
+    with (
+        budget.reserve(8 * MB),
+        pytest.raises(DecodeBudgetExhausted) as caught,
+        budget.reserve(5 * MB, deadline=time.monotonic() + 0.1),
+    ):
+        pass
 
     assert caught.value.reason == "processing_failed"
     with budget.reserve(10 * MB):  # the timed-out waiter left the queue
