@@ -293,11 +293,12 @@ def _per_submission(session: Session, submission_ids: list[uuid.UUID]) -> list[P
     counts = Counter(submission_ids)
     if not counts:
         return []
-    tenants = dict(
-        session.execute(
+    tenants = {
+        submission_id: tenant_id
+        for submission_id, tenant_id in session.execute(
             select(Submission.id, Submission.tenant_id).where(Submission.id.in_(list(counts)))
-        ).tuples()
-    )
+        )
+    }
     return [
         PurgedMedia(submission_id, tenants[submission_id], images)
         for submission_id, images in counts.items()
