@@ -216,12 +216,13 @@ def wait_settled(database_url: str, expected: int, timeout: float) -> dict[str, 
             time.sleep(0.5)
 
 
-def review_reasons(database_url: str) -> dict[str, int]:
+def review_reasons(database_url: str) -> dict[str, Any]:
+    """How many decisions of each action or review reason, with one detail each."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT coalesce(reason, action), count(*) FROM decisions GROUP BY 1"
+            "SELECT coalesce(reason, action), count(*), min(detail) FROM decisions GROUP BY 1"
         ).fetchall()
-    return {str(reason): int(count) for reason, count in rows}
+    return {str(reason): {"count": int(count), "detail": detail} for reason, count, detail in rows}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -240,6 +241,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "MODERATION_VLM_BASE_URL": fake.base_url,
         "MODERATION_DATA_DIR": str(workdir / "data"),
         "MODERATION_LOG_LEVEL": "WARNING",
+        # On a small machine the worst inputs take minutes to decode one after another; a long
+        # time limit lets every one be decoded instead of ending in review for lack of time.
+        "MODERATION_TASK_SOFT_TIME_LIMIT_S": str(args.task_time_limit_s),
     }
     overrides = {
         key.removeprefix("MODERATION_").lower(): value
@@ -426,7 +430,8 @@ def main() -> int:
     parser.add_argument("--images-per-submission", type=int, default=3)
     parser.add_argument("--api-parallel", type=int, default=3)
     parser.add_argument("--model-latency-s", type=float, default=2.0)
-    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--task-time-limit-s", type=float, default=1200)
     parser.add_argument("--smoke", action="store_true", help="small inputs, to check the harness")
     parser.add_argument("--out", type=Path, default=RESULTS / "peak_memory.json")
     args = parser.parse_args()

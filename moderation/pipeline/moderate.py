@@ -150,7 +150,14 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> None
             source = DecisionSource.cache
         else:
             source = DecisionSource.model if judged.calls else DecisionSource.system
-        record_decision(session, submission, judged.outcome, source=source, detail=judged.detail)
+        record_decision(
+            session,
+            submission,
+            judged.outcome,
+            source=source,
+            detail=judged.detail,
+            settings=runtime.settings,
+        )
 
 
 def _store_image(session: Session, submission_id: uuid.UUID, result: ImageResult) -> None:

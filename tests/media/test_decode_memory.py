@@ -62,12 +62,6 @@ def encoded(image_format: str, frames: list[Image.Image]) -> bytes:
 CASES = {
     "rgba-png": lambda: encoded("PNG", [gradient((2500, 2500), "RGBA")]),
     "rgb-webp": lambda: encoded("WEBP", [gradient((1600, 1600), "RGB")]),
-    "tiff-pages": lambda: encoded(
-        "TIFF", [gradient((1500, 1500), "RGB").rotate(angle) for angle in (0, 90, 180)]
-    ),
-    "animated-gif": lambda: encoded(
-        "GIF", [gradient((900, 900), "RGB").rotate(10 * n) for n in range(10)]
-    ),
     "animated-webp": lambda: encoded(
         "WEBP", [gradient((900, 900), "RGBA").rotate(10 * n) for n in range(10)]
     ),

@@ -97,7 +97,7 @@ def test_the_frame_unlike_all_others_is_chosen_before_its_neighbours() -> None:
     assert chosen == [0, 31, 49]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     count=st.integers(2, 12),
     frames=st.integers(1, 200),

@@ -387,7 +387,7 @@ def fold(text: str) -> str:
     return text.lower()
 
 
-@settings(deadline=None, max_examples=400)
+@settings(deadline=None, max_examples=250)
 @given(hostile_text)
 def test_no_caption_can_close_the_block_or_open_a_role(caption: str) -> None:
     messages = build_messages("policy", [CAT], caption)
@@ -414,7 +414,7 @@ def test_no_caption_can_close_the_block_or_open_a_role(caption: str) -> None:
         assert not any(mark in body for mark in INVISIBLE)
 
 
-@settings(deadline=None, max_examples=200)
+@settings(deadline=None, max_examples=100)
 @given(hostile_text)
 def test_sanitizing_is_idempotent_and_stable_under_nfkc(text: str) -> None:
     import unicodedata
