@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # Reuse an earlier verdict for a byte-identical prompt (same normalized images, caption,
     # policy version and model) instead of asking the model again.
     verdict_cache: bool = True
+    # Model calls a tenant's shadow policy versions may make per UTC day; past it, live traffic
+    # is decided as usual and the shadow run is skipped (and counted). 0 turns shadows off.
+    shadow_daily_call_cap: int = Field(default=1000, ge=0)
     # Qwen2/2.5-VL merge 2x2 patches of 14 px (28 px per token); Qwen3-VL uses 16 px (32).
     # None means "infer from the model name".
     vlm_patch_unit: Literal[28, 32] | None = None
@@ -78,6 +81,35 @@ class Settings(BaseSettings):
     relay_interval_s: float = Field(default=10.0, gt=0)
     relay_grace_s: float = Field(default=60.0, ge=0)
     max_attempts: int = Field(default=3, ge=1, le=20)
+    # The sweeper looks for due jobs (callback attempts among them) this often, and runs up to
+    # `job_concurrency` of them at once per worker process.
+    job_poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    job_concurrency: int = Field(default=4, ge=1, le=64)
+
+    # Callbacks. The first attempt is immediate; after a failure, the next one waits the next
+    # delay of this list, in seconds: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (8 attempts over
+    # about 27.5 hours). Comma-separated in the environment; empty means no retries.
+    webhook_retry_schedule_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        max_length=50,
+    )
+    # Each retry waits up to this fraction longer, so receivers that come back are not hit by
+    # every sender's backlog in the same second.
+    webhook_retry_jitter: float = Field(default=0.1, ge=0, le=1)
+    webhook_connect_timeout_s: float = Field(default=5.0, gt=0)
+    # The whole attempt: connect, send, and the receiver's answer (the delivery's lease in the
+    # job table outlasts it).
+    webhook_timeout_s: float = Field(default=15.0, gt=0, le=60)
+    # Callback hosts that may be called although private ("host:port", like the fetch list);
+    # kept apart so that a media store open to fetches does not also take tenants' POSTs.
+    callback_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # How long a rotated secret keeps working (signing both ways) unless told otherwise.
+    secret_rotation_overlap_hours: float = Field(default=24.0, ge=0, le=24 * 30)
+
+    # How long a reviewer holds a claimed task before it returns to the queue, unless renewed;
+    # a claim may ask for its own length, up to review_lease_max_s.
+    review_lease_s: int = Field(default=900, ge=1)
+    review_lease_max_s: int = Field(default=4 * 3600, ge=1)
 
     # Privacy. The uploaded original (with whatever EXIF, GPS position or camera serial it
     # carries) is deleted once the submission has a final decision, or this many days after it;
@@ -94,7 +126,21 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8080, ge=1, le=65535)
     log_level: str = "INFO"
 
-    @field_validator("fetch_allow_hosts", mode="before")
+    @field_validator("webhook_retry_schedule_s", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_retry_schedule_s")
+    @classmethod
+    def _schedule_is_sane(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("retry delays cannot be negative")
+        return value
+
+    @field_validator("fetch_allow_hosts", "callback_allow_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
         """`host:port` entries, trimmed and lowercased, from a comma-separated string or a list."""
@@ -108,6 +154,14 @@ class Settings(BaseSettings):
         if self.vlm_timeout_s >= self.task_soft_time_limit_s:
             raise ValueError(
                 "MODERATION_VLM_TIMEOUT_S must be below MODERATION_TASK_SOFT_TIME_LIMIT_S"
+            )
+        if self.review_lease_s > self.review_lease_max_s:
+            raise ValueError(
+                "MODERATION_REVIEW_LEASE_S must not exceed MODERATION_REVIEW_LEASE_MAX_S"
+            )
+        if self.webhook_connect_timeout_s > self.webhook_timeout_s:
+            raise ValueError(
+                "MODERATION_WEBHOOK_CONNECT_TIMEOUT_S must not exceed MODERATION_WEBHOOK_TIMEOUT_S"
             )
         return self
 

@@ -12,13 +12,20 @@ from prometheus_client.registry import CollectorRegistry
 
 from moderation.config import Settings, get_settings
 from moderation.core.limits import BodySizeLimit
+from moderation.core.openapi import install_openapi, operation_id
 from moderation.core.problems import install_problem_handlers
 from moderation.database import get_sessionmaker, resolve_database_url
 from moderation.ops.router import SubmissionCollector
 from moderation.ops.router import router as ops_router
+from moderation.policies.metrics import ShadowCollector
 from moderation.policies.router import router as policies_router
+from moderation.review.metrics import ReviewCollector
+from moderation.review.router import appeals_router
+from moderation.review.router import router as review_router
 from moderation.submissions.router import router as submissions_router
 from moderation.vlm.client import VLMClient
+from moderation.webhooks.metrics import WebhookCollector
+from moderation.webhooks.router import router as webhooks_router
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = factory
         registry = CollectorRegistry()
         registry.register(SubmissionCollector(factory))
+        registry.register(ShadowCollector(factory))
+        registry.register(ReviewCollector(factory))
+        registry.register(WebhookCollector(factory))
         app.state.metrics_registry = registry
 
         @functools.cache
@@ -49,10 +59,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Content moderation with visual context, on your own rubrics and your own model.",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     install_problem_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.request_max_bytes)
     app.include_router(ops_router)
     app.include_router(submissions_router)
     app.include_router(policies_router)
+    app.include_router(review_router)
+    app.include_router(appeals_router)
+    app.include_router(webhooks_router)
     return app

@@ -2,8 +2,10 @@
 
 from moderation.audit.models import AuditEvent
 from moderation.core.models import Base
-from moderation.decisions.models import Decision
-from moderation.policies.models import Policy, PolicyVersion
+from moderation.decisions.models import Decision, ShadowOutcome
+from moderation.jobs.models import Job
+from moderation.policies.models import Policy, PolicyVersion, ShadowUsage
+from moderation.review.models import ReviewTask
 from moderation.submissions.models import (
     Submission,
     SubmissionImage,
@@ -11,17 +13,31 @@ from moderation.submissions.models import (
     Verdict,
 )
 from moderation.tenants.models import ApiKey, Tenant
+from moderation.webhooks.models import (
+    InboundWebhook,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 __all__ = [
     "ApiKey",
     "AuditEvent",
     "Base",
     "Decision",
+    "InboundWebhook",
+    "Job",
     "Policy",
     "PolicyVersion",
+    "ReviewTask",
+    "ShadowOutcome",
+    "ShadowUsage",
     "Submission",
     "SubmissionImage",
     "SubmissionImageFrame",
     "Tenant",
     "Verdict",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

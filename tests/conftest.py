@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.fakes.callback_receiver import CallbackReceiver
 from tests.fakes.fake_vlm import FakeVLMServer
 from tests.fakes.image_server import ImageServer
 
@@ -129,11 +130,18 @@ def image_server() -> Iterator[ImageServer]:
 
 
 @pytest.fixture(scope="session")
+def callback_receiver() -> Iterator[CallbackReceiver]:
+    with CallbackReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
 def service_env(
     database_url: str,
     broker_url: str,
     fake_vlm: FakeVLMServer,
     image_server: ImageServer,
+    callback_receiver: CallbackReceiver,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
     """The environment of the API and worker under test; short timeouts keep failures quick."""
@@ -151,6 +159,13 @@ def service_env(
         "MODERATION_TASK_SOFT_TIME_LIMIT_S": "30",
         "MODERATION_RELAY_INTERVAL_S": "1",
         "MODERATION_RELAY_GRACE_S": "4",
+        # Callbacks go to a loopback receiver, retried within seconds instead of hours.
+        "MODERATION_CALLBACK_ALLOW_HOSTS": f"127.0.0.1:{callback_receiver.port}",
+        "MODERATION_WEBHOOK_RETRY_SCHEDULE_S": "0.5,1,1.5",
+        "MODERATION_WEBHOOK_RETRY_JITTER": "0",
+        "MODERATION_WEBHOOK_TIMEOUT_S": "3",
+        "MODERATION_WEBHOOK_CONNECT_TIMEOUT_S": "2",
+        "MODERATION_JOB_POLL_INTERVAL_S": "0.2",
         "MODERATION_LOG_LEVEL": "INFO",
         # A queue of this run's own, so runs sharing a Redis never take each other's tasks.
         "MODERATION_QUEUE_NAME": f"moderation-test-{uuid.uuid4().hex[:8]}",
@@ -164,13 +179,11 @@ def service_env(
 
 @pytest.fixture(scope="session")
 def migrated(service_env: dict[str, str]) -> str:
-    from moderation.database import get_sessionmaker, session_scope
-    from moderation.schema_migrations import load_shipped_policies, upgrade_schema
+    """The schema at head; each tenant a test makes gets the policy templates itself."""
+    from moderation.schema_migrations import upgrade_schema
 
     url = service_env["MODERATION_DATABASE_URL"]
     upgrade_schema(url)
-    with session_scope(get_sessionmaker(url)) as session:
-        load_shipped_policies(session)
     return url
 
 

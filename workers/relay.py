@@ -1,64 +1,75 @@
-"""The relay: a thread in every worker process that re-sends work the broker lost, and now and
-then deletes uploads past their retention.
+"""The sweeper thread of every worker process: re-sends lost work, runs due jobs, and deletes
+uploads past their retention.
 
 Redis without persistence forgets messages on restart, kombu's SQL transport never gives back a
 message whose consumer died, and a process can crash between commit and send. Postgres knows
-what is still undecided, so a periodic sweep closes all three gaps. An advisory lock keeps
-concurrent sweeps from several workers out of each other's way.
+what is still undecided, so a periodic sweep closes all three gaps (an advisory lock keeps the
+sweeps of several workers out of each other's way). The same loop runs the `jobs` table's due
+work, callback attempts among it, whose schedules live in Postgres for the same reasons: see
+`moderation.jobs`.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
+from moderation.jobs.service import JobContext, JobKind
+from moderation.jobs.sweeper import PeriodicSweep, Sweeper
 from moderation.pipeline.relay import requeue_stalled_submissions
 from moderation.pipeline.retention import purge_expired_media
+from moderation.webhooks.delivery import DELIVER_EVENT
 from workers.tasks.moderation import runtime
 
-logger = logging.getLogger(__name__)
+# Every kind of job this worker can run; a room that adds one lists it here.
+JOB_KINDS: list[JobKind] = [DELIVER_EVENT]
 
 _stop = threading.Event()
+_sweeper: Sweeper | None = None
 
 
-def _relay_loop() -> None:
-    interval = runtime().settings.relay_interval_s
-    next_purge = time.monotonic()
-    while not _stop.wait(interval):
-        try:
-            count = requeue_stalled_submissions(runtime())
-            if count:
-                logger.info("relay re-queued %d stalled submissions", count)
-        except Exception:
-            logger.exception("relay sweep failed; trying again in %.0fs", interval)
-        if time.monotonic() >= next_purge:
-            next_purge = time.monotonic() + runtime().settings.media_purge_interval_s
-            _purge_media()
+def build_sweeper() -> Sweeper:
+    settings = runtime().settings
+    return Sweeper(
+        JobContext(settings=settings, sessions=runtime().sessions),
+        kinds=JOB_KINDS,
+        sweeps=[
+            PeriodicSweep(
+                "re-sent stalled submissions",
+                lambda: requeue_stalled_submissions(runtime()),
+                settings.relay_interval_s,
+            ),
+            PeriodicSweep(
+                "deleted media past its retention (originals and normalized images)",
+                _purge_media,
+                settings.media_purge_interval_s,
+            ),
+        ],
+        concurrency=settings.job_concurrency,
+    )
 
 
-def _purge_media() -> None:
-    """Uploads past their retention; see moderation.pipeline.retention."""
-    try:
-        purged = purge_expired_media(runtime())
-    except Exception:
-        logger.exception("media retention sweep failed; trying again at the next interval")
-        return
-    if purged.originals or purged.normalized:
-        logger.info(
-            "retention deleted %d originals and %d normalized images",
-            purged.originals,
-            purged.normalized,
-        )
+def _purge_media() -> int:
+    """See moderation.pipeline.retention."""
+    purged = purge_expired_media(runtime())
+    return purged.originals + purged.normalized
+
+
+def _sweep_loop(sweeper: Sweeper) -> None:
+    sweeper.run_until(_stop, runtime().settings.job_poll_interval_s)
+    sweeper.close()
 
 
 @worker_ready.connect
 def start_relay(**_: Any) -> None:
+    global _sweeper
     _stop.clear()
-    threading.Thread(target=_relay_loop, name="moderation-relay", daemon=True).start()
+    _sweeper = build_sweeper()
+    threading.Thread(
+        target=_sweep_loop, args=(_sweeper,), name="moderation-sweeper", daemon=True
+    ).start()
 
 
 @worker_shutdown.connect

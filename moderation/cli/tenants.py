@@ -13,7 +13,10 @@ from moderation.config import Settings
 def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> None:
     from moderation.database import session_scope
     from moderation.tenants.service import create_tenant
+    from moderation.webhooks.service import check_callback_url
 
+    if args.callback_url is not None:
+        check_callback_url(args.callback_url, settings, field="--callback-url")
     with session_scope(sessions(settings)) as session:
         tenant = create_tenant(
             session, args.name, callback_url=args.callback_url, inbound_signing=args.inbound_signing
@@ -26,24 +29,60 @@ def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> None:
     emit(args, payload, "\n".join(lines))
 
 
+def _tenant_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError as exc:
+        raise CommandFailed(f"--tenant must be a tenant id (a UUID), got {raw!r}") from exc
+
+
+def cmd_tenants_rotate_secret(args: argparse.Namespace, settings: Settings) -> None:
+    from datetime import timedelta
+
+    from moderation.database import session_scope
+    from moderation.tenants.service import rotate_secret
+
+    tenant_id = _tenant_id(args.tenant)
+    hours = (
+        settings.secret_rotation_overlap_hours if args.overlap_hours is None else args.overlap_hours
+    )
+    if hours < 0:
+        raise CommandFailed("--overlap-hours cannot be negative")
+    with session_scope(sessions(settings)) as session:
+        rotated = rotate_secret(
+            session, tenant_id, inbound=args.inbound, overlap=timedelta(hours=hours)
+        )
+    which = "inbound_secret" if args.inbound else "webhook_secret"
+    payload = {
+        "id": tenant_id,
+        "secrets": {which: rotated.secret},
+        "previous_valid_until": rotated.previous_valid_until,
+    }
+    until = (
+        f"the previous one keeps working until {rotated.previous_valid_until.isoformat()}"
+        if rotated.previous_valid_until
+        else "the previous one stopped working now"
+    )
+    emit(args, payload, f"new {which}: {rotated.secret}\n{until}")
+
+
 def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> None:
     from moderation.database import session_scope
     from moderation.tenants.models import Role
     from moderation.tenants.service import create_api_key
 
-    try:
-        tenant_id = uuid.UUID(args.tenant)
-    except ValueError as exc:
-        raise CommandFailed(f"--tenant must be a tenant id (a UUID), got {args.tenant!r}") from exc
+    tenant_id = _tenant_id(args.tenant)
     with session_scope(sessions(settings)) as session:
-        issued = create_api_key(session, tenant_id, Role(args.role))
+        issued = create_api_key(session, tenant_id, Role(args.role), name=args.name)
         payload = {
             "id": issued.key.id,
             "tenant_id": tenant_id,
             "role": args.role,
+            "name": issued.key.name,
             "key": issued.secret,
         }
-    emit(args, payload, f"{args.role} key (shown once, store it now): {issued.secret}")
+    holder = f" for {issued.key.name}" if issued.key.name else ""
+    emit(args, payload, f"{args.role} key{holder} (shown once, store it now): {issued.secret}")
 
 
 def register(commands: Any) -> None:
@@ -59,9 +98,33 @@ def register(commands: Any) -> None:
         "--inbound-signing", action="store_true", help="require signed inbound webhooks"
     )
 
+    rotate = add_command(
+        tenants,
+        "rotate-secret",
+        cmd_tenants_rotate_secret,
+        "issue a new signing secret; the old one keeps working during the overlap",
+        json_flag=True,
+    )
+    rotate.add_argument("--tenant", required=True, help="tenant id")
+    rotate.add_argument(
+        "--inbound",
+        action="store_true",
+        help="rotate the secret that signs submissions (default: the one that signs callbacks)",
+    )
+    rotate.add_argument(
+        "--overlap-hours",
+        type=float,
+        help="how long the old secret keeps working (default 24, or "
+        "MODERATION_SECRET_ROTATION_OVERLAP_HOURS)",
+    )
+
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
         dest="action", required=True
     )
     create_key = add_command(keys, "create", cmd_keys_create, "create an API key", json_flag=True)
     create_key.add_argument("--tenant", required=True, help="tenant id")
     create_key.add_argument("--role", required=True, choices=["ingest", "reviewer", "admin"])
+    create_key.add_argument(
+        "--name",
+        help="who holds the key, e.g. a reviewer's name; audit trails and reports show it",
+    )

@@ -38,6 +38,9 @@ class SourceImage:
     # Reads the inline upload from storage when it is about to be decoded, so a task holds one
     # upload's bytes at a time instead of every image's for its whole run.
     load: Callable[[], bytes | None] | None = field(default=None, repr=False)
+    # Already fetched and normalized, every frame shown (a shadow run after the live one, a
+    # backtest over stored images): judged as is, so every judgement sees the same pictures.
+    normalized: NormalizedMedia | None = None
 
 
 @dataclass
@@ -80,8 +83,10 @@ def judge_content(
     """
     results: list[ImageResult] = []
     for source in images:
-        result = ImageResult(position=source.position)
+        result = ImageResult(position=source.position, media=source.normalized)
         results.append(result)
+        if source.normalized is not None:
+            continue
         try:
             result.media = _normalize_source(source, runtime, deadline)
         except MediaError as exc:

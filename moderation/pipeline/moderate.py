@@ -23,11 +23,12 @@ from moderation.decisions.rules import failure
 from moderation.decisions.service import finish_without_judging, record_decision
 from moderation.pipeline.judge import ImageResult, JudgedWork, SourceImage, judge_content
 from moderation.pipeline.runtime import WORKER_ACTOR, PipelineRuntime
+from moderation.pipeline.shadow import ShadowRun, ShadowVersion, judge_in_shadow
+from moderation.pipeline.verdicts import verdict_rows
 from moderation.policies.schemas import PolicyDocument
-from moderation.policies.service import document_for_version
+from moderation.policies.service import document_for_version, shadow_for
 from moderation.submissions import repository
-from moderation.submissions.models import SubmissionImageFrame, Verdict
-from moderation.vlm.client import ModelCall
+from moderation.submissions.models import SubmissionImageFrame, VerdictRole
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class WorkItem:
     policy_version_id: uuid.UUID
     policy: PolicyDocument
     images: list[SourceImage]
+    # A version of the same policy that judges this submission too, without deciding.
+    shadow: ShadowVersion | None = None
 
 
 def moderate_submission(submission_id: uuid.UUID, runtime: PipelineRuntime) -> None:
@@ -52,15 +55,13 @@ def moderate_submission(submission_id: uuid.UUID, runtime: PipelineRuntime) -> N
     work = _claim(submission_id, runtime)
     if work is None:
         return
-    soft_limit = runtime.settings.task_soft_time_limit_s
-    deadline = time.monotonic() + soft_limit - min(_STORE_MARGIN_S, soft_limit * 0.2)
     try:
         judged = judge_content(
             work.images,
             work.text,
             work.policy,
             runtime,
-            deadline=deadline,
+            deadline=_deadline(runtime),
             cache_tenant=work.tenant_id,
         )
     except Exception as exc:
@@ -68,7 +69,28 @@ def moderate_submission(submission_id: uuid.UUID, runtime: PipelineRuntime) -> N
         judged = JudgedWork(
             failure(ReviewReason.internal_error), detail=f"{type(exc).__name__}: {exc}"
         )
-    _store(work, judged, runtime)
+    if _store(work, judged, runtime) and work.shadow is not None:
+        # After the live decision is committed: the shadow can neither delay nor change it.
+        judge_in_shadow(
+            ShadowRun(
+                submission_id=work.submission_id,
+                tenant_id=work.tenant_id,
+                attempt=work.attempt,
+                text=work.text,
+                image_count=len(work.images),
+                version=work.shadow,
+            ),
+            judged,
+            runtime,
+            # A time budget of its own: the submission is decided, no lease is at stake, and
+            # the broker's redelivery timeout outlasts two soft limits.
+            deadline=_deadline(runtime),
+        )
+
+
+def _deadline(runtime: PipelineRuntime) -> float:
+    soft_limit = runtime.settings.task_soft_time_limit_s
+    return time.monotonic() + soft_limit - min(_STORE_MARGIN_S, soft_limit * 0.2)
 
 
 def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | None:
@@ -95,6 +117,7 @@ def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | Non
             {"attempt": submission.attempts},
         )
         assert submission.lease_token is not None
+        shadow = shadow_for(session, submission.policy_version_id)
         return WorkItem(
             submission_id=submission.id,
             tenant_id=submission.tenant_id,
@@ -113,6 +136,7 @@ def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | Non
                 )
                 for source in repository.stored_sources(session, submission.id)
             ],
+            shadow=ShadowVersion(shadow[0].id, shadow[1]) if shadow is not None else None,
         )
 
 
@@ -121,17 +145,26 @@ def _load_source(runtime: PipelineRuntime, submission_id: uuid.UUID, position: i
         return repository.source_bytes(session, submission_id, position)
 
 
-def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> None:
+def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> bool:
+    """False when the lease was lost and nothing was stored."""
     with session_scope(runtime.sessions) as session:
         submission = repository.lock_if_leased(session, work.submission_id, work.lease_token)
         if submission is None:
             # The lease ran out and another run owns the submission now; its result stands.
             logger.warning("lease on %s lost before storing; discarding", work.submission_id)
-            return
+            return False
         for result in judged.images:
             _store_image(session, submission.id, result)
+        session.add_all(
+            verdict_rows(
+                judged,
+                submission_id=work.submission_id,
+                policy_version_id=work.policy_version_id,
+                attempt=work.attempt,
+                role=VerdictRole.live,
+            )
+        )
         for sequence, call in enumerate(judged.calls):
-            session.add(_verdict_row(work, sequence, call, judged.image_refs))
             record_event(
                 session,
                 work.tenant_id,
@@ -146,7 +179,6 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> None
                 },
             )
         if judged.reused is not None:
-            session.add(_reused_verdict_row(work, judged.reused, judged.image_refs))
             source = DecisionSource.cache
         else:
             source = DecisionSource.model if judged.calls else DecisionSource.system
@@ -158,6 +190,7 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> None
             detail=judged.detail,
             settings=runtime.settings,
         )
+    return True
 
 
 def _store_image(session: Session, submission_id: uuid.UUID, result: ImageResult) -> None:
@@ -197,48 +230,3 @@ def _store_image(session: Session, submission_id: uuid.UUID, result: ImageResult
                 ],
             )
     repository.update_image(session, submission_id, result.position, values)
-
-
-def _verdict_row(
-    work: WorkItem, sequence: int, call: ModelCall, image_refs: list[tuple[int, int]]
-) -> Verdict:
-    return Verdict(
-        submission_id=work.submission_id,
-        policy_version_id=work.policy_version_id,
-        attempt=work.attempt,
-        sequence=sequence,
-        model=call.model,
-        prompt_sha256=call.prompt_sha256,
-        raw_output=call.raw_output,
-        parsed=call.parsed,
-        error=call.error,
-        finish_reason=call.finish_reason,
-        input_tokens=call.input_tokens,
-        output_tokens=call.output_tokens,
-        latency_ms=call.latency_ms,
-        rating_probability=call.rating_probability,
-        image_refs=[list(ref) for ref in image_refs],
-    )
-
-
-def _reused_verdict_row(
-    work: WorkItem, original: Verdict, image_refs: list[tuple[int, int]]
-) -> Verdict:
-    return Verdict(
-        submission_id=work.submission_id,
-        policy_version_id=work.policy_version_id,
-        attempt=work.attempt,
-        sequence=0,
-        model=original.model,
-        prompt_sha256=original.prompt_sha256,
-        raw_output=original.raw_output,
-        parsed=original.parsed,
-        error=None,
-        finish_reason=original.finish_reason,
-        input_tokens=0,
-        output_tokens=0,
-        latency_ms=0,
-        rating_probability=original.rating_probability,
-        reused_from_id=original.id,
-        image_refs=[list(ref) for ref in image_refs],
-    )

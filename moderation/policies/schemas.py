@@ -8,8 +8,23 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from moderation.policies import examples
+from moderation.policies.models import PolicyVersionStatus
+
 CategoryId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Severity = Annotated[int, Field(ge=1, le=4)]
+
+# How long an item may wait for a reviewer before it counts as late: a day, the usual promise of
+# a trust & safety team to its users. Appeals and escalations keep the same clock.
+DEFAULT_REVIEW_SLA_MINUTES = 24 * 60
+ReviewSlaMinutes = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=30 * 24 * 60,
+        description="Minutes an item may wait in the review queue before its SLA is breached.",
+    ),
+]
 
 DEFAULT_SEVERITY_SCALE: dict[int, str] = {
     1: "mild: borderline or low-harm content that some audiences may not want to see",
@@ -20,7 +35,9 @@ DEFAULT_SEVERITY_SCALE: dict[int, str] = {
 
 
 class CategoryExample(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"examples": [examples.CATEGORY_EXAMPLE]}
+    )
 
     content: str = Field(min_length=1, description="What the upload shows or says.")
     severity: Severity | None = Field(
@@ -29,7 +46,9 @@ class CategoryExample(BaseModel):
 
 
 class PolicyCategory(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"examples": [examples.CATEGORY]}
+    )
 
     id: CategoryId
     name: str = Field(min_length=1)
@@ -51,13 +70,16 @@ class PolicyCategory(BaseModel):
 class PolicyDocument(BaseModel):
     """One immutable version of a policy rubric."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"examples": [examples.DOCUMENT]}
+    )
 
     slug: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")]
     version: int = Field(ge=1)
     title: str = Field(min_length=1)
     instructions: str = Field(min_length=1)
     min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
+    review_sla_minutes: ReviewSlaMinutes = DEFAULT_REVIEW_SLA_MINUTES
     severity_scale: dict[Severity, str] = Field(
         default_factory=lambda: dict(DEFAULT_SEVERITY_SCALE)
     )
@@ -81,43 +103,57 @@ class PolicyDocument(BaseModel):
         raise KeyError(category_id)
 
 
-class PolicyVersionRead(BaseModel):
-    id: UUID
-    slug: str
+class PolicyVersionSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.VERSION_SUMMARY]})
+
     version: int
-    active: bool
+    status: PolicyVersionStatus
+    active: bool = Field(description="true for the version new submissions are judged by")
     content_sha256: str
     created_at: datetime
+    status_changed_at: datetime
+    activated_at: datetime | None = Field(description="when it first went live, if it has")
+
+
+class PolicyVersionRead(PolicyVersionSummary):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.VERSION]})
+
+    id: UUID
+    slug: str
     document: PolicyDocument
 
 
 class PolicyRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.POLICY]})
+
     slug: str
     title: str
-    active_version: int | None
-    activated_at: datetime | None
-    created_at: datetime
-
-
-class PolicyVersionSummary(BaseModel):
-    version: int
-    active: bool
-    content_sha256: str
+    active_version: int | None = Field(description="judges and decides new submissions")
+    shadow_version: int | None = Field(
+        description="judges new submissions too, for comparison, without deciding"
+    )
+    activated_at: datetime | None = Field(description="when the active version took over")
     created_at: datetime
 
 
 class PolicyWithVersions(PolicyRead):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.POLICY_WITH_VERSIONS]})
+
     versions: list[PolicyVersionSummary]
 
 
 class PolicyDraft(BaseModel):
-    """A new version's rubric; slug and version number come from the URL and the server."""
+    """A new version's rubric; slug and version number come from the URL and the server.
 
-    model_config = ConfigDict(extra="forbid")
+    It is stored as a draft: nothing is judged by it until an admin activates or shadows it.
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [examples.DRAFT]})
 
     title: str = Field(min_length=1)
     instructions: str = Field(min_length=1)
     min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
+    review_sla_minutes: ReviewSlaMinutes = DEFAULT_REVIEW_SLA_MINUTES
     severity_scale: dict[Severity, str] = Field(
         default_factory=lambda: dict(DEFAULT_SEVERITY_SCALE)
     )

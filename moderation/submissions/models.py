@@ -31,6 +31,13 @@ class SubmissionStatus(StrEnum):
     in_review = "in_review"
 
 
+class VerdictRole(StrEnum):
+    """Whose verdict it is: the active version's, which decides, or a shadow version's."""
+
+    live = "live"
+    shadow = "shadow"
+
+
 class Submission(UUIDKey, CreatedAt, Base):
     __tablename__ = "submissions"
     __table_args__ = (
@@ -149,3 +156,9 @@ class Verdict(UUIDKey, CreatedAt, Base):
     # [position, frame] of each image of the prompt, so the verdict's image index names a file
     # and a frame.
     image_refs: Mapped[list[Any] | None]
+    # Shadow verdicts are kept for comparison only; they never stand behind a decision.
+    role: Mapped[VerdictRole] = mapped_column(
+        str_enum(VerdictRole, length=16),
+        default=VerdictRole.live,
+        server_default=VerdictRole.live.value,
+    )

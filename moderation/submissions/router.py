@@ -6,16 +6,19 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from moderation.config import Settings
 from moderation.core.errors import UnsupportedMediaType, ValidationFailed
+from moderation.core.openapi import documented_model
 from moderation.core.pagination import Page
+from moderation.core.problems import problem_responses
 from moderation.database import DbSession
 from moderation.decisions.models import Action
-from moderation.submissions import service
+from moderation.submissions import examples, service
 from moderation.submissions.models import SubmissionStatus
 from moderation.submissions.schemas import (
     AuditEventRead,
@@ -25,24 +28,12 @@ from moderation.submissions.schemas import (
     SubmissionSummary,
 )
 from moderation.tenants.dependencies import Ingest, IngestOrReviewer, Reviewer
+from moderation.webhooks import service as webhooks
 
 router = APIRouter(prefix="/v1/submissions", tags=["submissions"])
 
 # Image positions and frame numbers are stored as 32-bit integers.
 _MAX_INDEX = 2**31 - 1
-
-_MULTIPART_SCHEMA = {
-    "type": "object",
-    "required": ["external_id"],
-    "properties": {
-        "external_id": {"type": "string"},
-        "text": {"type": "string"},
-        "policy": {"type": "string"},
-        "callback_url": {"type": "string"},
-        "metadata": {"type": "string", "description": "a JSON object, as a string"},
-        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-    },
-}
 
 
 def _validation_problem(exc: ValidationError, where: str) -> ValidationFailed:
@@ -54,7 +45,8 @@ def _validation_problem(exc: ValidationError, where: str) -> ValidationFailed:
 
 
 async def _read_json(request: Request, settings: Settings) -> service.NewSubmission:
-    # BodySizeLimit (main.py) has already capped how much of this can arrive.
+    # BodySizeLimit (main.py) has already capped how much of this can arrive; the bytes were
+    # read (and their signature checked) before parsing, and Starlette keeps them.
     body = await request.body()
 
     def parse() -> service.NewSubmission:
@@ -126,25 +118,41 @@ async def _read_multipart(request: Request, settings: Settings) -> service.NewSu
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=SubmissionAccepted,
-    responses={200: {"model": SubmissionAccepted, "description": "already submitted"}},
+    responses={
+        200: {"model": SubmissionAccepted, "description": "already submitted: the same payload"},
+        **problem_responses(409, 415),
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": {"$ref": "#/components/schemas/SubmissionCreate"},
-                    "example": SubmissionCreate.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
+                    "schema": documented_model(SubmissionCreate),
                 },
-                "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+                "multipart/form-data": {"schema": examples.MULTIPART_FORM},
             },
         }
     },
 )
 async def create_submission(
     request: Request, response: Response, session: DbSession, principal: Ingest
-) -> SubmissionAccepted:
+) -> SubmissionAccepted | JSONResponse:
     """Accept an upload for moderation; the decision follows by callback or polling."""
     settings: Settings = request.app.state.settings
+    # A tenant that signs its submissions has the raw bytes verified before anything is parsed.
+    signed = await run_in_threadpool(
+        webhooks.check_signed_submission,
+        session,
+        principal.tenant_id,
+        request.headers,
+        await request.body(),
+    )
+    if signed.repeat_of is not None:
+        return JSONResponse(
+            signed.repeat_of.body,
+            status_code=signed.repeat_of.status_code,
+            headers={"Location": f"/v1/submissions/{signed.repeat_of.body['id']}"},
+        )
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         new = await _read_json(request, settings)
@@ -160,9 +168,20 @@ async def create_submission(
     if not created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/v1/submissions/{submission.id}"
-    return SubmissionAccepted(
+    accepted = SubmissionAccepted(
         id=submission.id, external_id=submission.external_id, status=submission.status
     )
+    if signed.webhook_id is not None:
+        await run_in_threadpool(
+            webhooks.remember_answer,
+            session,
+            principal.tenant_id,
+            signed.webhook_id,
+            submission_id=submission.id,
+            status_code=response.status_code or status.HTTP_202_ACCEPTED,
+            body=accepted.model_dump(mode="json"),
+        )
+    return accepted
 
 
 @router.get("", response_model=Page[SubmissionSummary])
@@ -195,15 +214,34 @@ def get_submission(
     return service.read_submission(session, principal, submission_id)
 
 
-@router.get("/{submission_id}/images/{position}", response_class=Response)
+@router.get(
+    "/{submission_id}/images/{position}",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the normalized image: what the model and the reviewer see",
+            "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
 def get_submission_image(
     submission_id: uuid.UUID, position: int, session: DbSession, principal: Reviewer
 ) -> Response:
+    """One image of a submission, after decoding, metadata stripping and resizing."""
     data, mime = service.normalized_image(session, principal, submission_id, position)
     return Response(content=data, media_type=mime, headers={"Cache-Control": "private"})
 
 
-@router.get("/{submission_id}/images/{position}/frames/{frame}", response_class=Response)
+@router.get(
+    "/{submission_id}/images/{position}/frames/{frame}",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the frame as the model saw it, normalized like the image",
+            "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
 def get_submission_image_frame(
     submission_id: uuid.UUID,
     position: Annotated[int, Path(ge=0, le=_MAX_INDEX)],

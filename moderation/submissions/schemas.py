@@ -8,7 +8,8 @@ from typing import Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from moderation.decisions.models import Action, DecisionSource, ReviewReason
-from moderation.submissions.models import SubmissionStatus
+from moderation.submissions import examples
+from moderation.submissions.models import SubmissionStatus, VerdictRole
 
 METADATA_MAX_BYTES = 16 * 1024
 
@@ -16,7 +17,15 @@ METADATA_MAX_BYTES = 16 * 1024
 class ImageInput(BaseModel):
     """An image by URL (fetched by the worker) or inline as base64 (optionally a data: URL)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"url": "https://media.example.com/u/8f14e45f.jpg"},
+                {"data": examples.INLINE_IMAGE},
+            ]
+        },
+    )
 
     url: AnyHttpUrl | None = Field(default=None, max_length=4096)
     data: str | None = Field(default=None, description="base64, or a data:image/...;base64, URL")
@@ -30,17 +39,7 @@ class ImageInput(BaseModel):
 
 class SubmissionCreate(BaseModel):
     model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "external_id": "upload-8f14e45f",
-                    "text": "Sunset at the lake with friends",
-                    "images": [{"url": "https://media.example.com/u/8f14e45f.jpg"}],
-                    "metadata": {"user_id": "u-123", "surface": "profile"},
-                }
-            ]
-        },
+        extra="forbid", json_schema_extra={"examples": [examples.SUBMISSION_CREATE]}
     )
 
     external_id: str = Field(min_length=1, max_length=256)
@@ -48,9 +47,22 @@ class SubmissionCreate(BaseModel):
     images: list[ImageInput] = Field(default_factory=list, max_length=32)
     metadata: dict[str, Any] = Field(default_factory=dict)
     policy: str | None = Field(
-        default=None, max_length=64, description="policy slug; default 'default'"
+        default=None,
+        max_length=80,
+        description=(
+            "policy slug, judged by its active version (default 'default'); or `slug@N` to pin "
+            "version N of the tenant's policy, e.g. to replay an item under an older rubric"
+        ),
+        examples=["default", "default@3"],
     )
-    callback_url: AnyHttpUrl | None = Field(default=None, max_length=2048)
+    # Kept as written: URL parsers "repair" forms like `http:///x` into another host, and the
+    # checks at ingest must see what the client sent.
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="where to POST the signed decision events; the tenant's URL when absent",
+        json_schema_extra={"format": "uri"},
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -68,12 +80,16 @@ class SubmissionCreate(BaseModel):
 
 
 class SubmissionAccepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.SUBMISSION_ACCEPTED]})
+
     id: uuid.UUID
     external_id: str
     status: SubmissionStatus
 
 
 class CategoryRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.CATEGORY]})
+
     category: str
     severity: int
     confidence: float | None = None
@@ -88,6 +104,8 @@ class CategoryRead(BaseModel):
 
 
 class DecisionRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.DECISION]})
+
     action: Action
     source: DecisionSource
     reason: ReviewReason | None = Field(description="why the item went to review, if it did")
@@ -98,6 +116,8 @@ class DecisionRead(BaseModel):
 
 
 class ViolationRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.VIOLATION]})
+
     category: str
     severity: int
     confidence: float
@@ -112,6 +132,8 @@ class ViolationRead(BaseModel):
 
 class VerdictRead(BaseModel):
     """One model call: the verdict when it parsed, and its full provenance either way."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.VERDICT]})
 
     rating: Literal["safe", "unsafe"] | None
     confidence: float | None
@@ -135,6 +157,23 @@ class VerdictRead(BaseModel):
     reused_from: uuid.UUID | None = Field(
         default=None, description="set when an identical earlier prompt's verdict was reused"
     )
+    role: VerdictRole = Field(
+        default=VerdictRole.live, description="shadow verdicts are compared, never decide"
+    )
+    created_at: datetime
+
+
+class ShadowOutcomeRead(BaseModel):
+    """What a shadow version would have decided; the submission's decision did not use it."""
+
+    policy: str
+    policy_version: int
+    action: Action
+    reason: ReviewReason | None
+    detail: str | None
+    categories: list[CategoryRead]
+    model_calls: int
+    verdicts: list[VerdictRead]
     created_at: datetime
 
 
@@ -150,6 +189,8 @@ class FrameRead(BaseModel):
 
 
 class ImageRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.IMAGE]})
+
     position: int
     source_url: str | None
     sha256: str | None
@@ -175,11 +216,15 @@ class ImageRead(BaseModel):
 
 
 class PolicyRef(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.POLICY_REF]})
+
     slug: str
     version: int
 
 
 class SubmissionRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.SUBMISSION]})
+
     id: uuid.UUID
     external_id: str
     status: SubmissionStatus
@@ -190,6 +235,9 @@ class SubmissionRead(BaseModel):
     decision: DecisionRead | None
     decisions: list[DecisionRead]
     verdicts: list[VerdictRead]
+    shadow: list[ShadowOutcomeRead] = Field(
+        default_factory=list, description="judgements by shadow policy versions, for comparison"
+    )
     images: list[ImageRead]
     attempts: int
     created_at: datetime
@@ -197,6 +245,8 @@ class SubmissionRead(BaseModel):
 
 
 class SubmissionSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.SUBMISSION_SUMMARY]})
+
     id: uuid.UUID
     external_id: str
     status: SubmissionStatus
@@ -206,8 +256,19 @@ class SubmissionSummary(BaseModel):
 
 
 class AuditEventRead(BaseModel):
+    """One link of the submission's tamper-evident chain of events."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.AUDIT_EVENT]})
+
     id: int
+    seq: int = Field(description="position in the submission's chain, from 1")
     event: str
     actor: str
     data: dict[str, Any]
     created_at: datetime
+    prev_sha256: str | None = Field(
+        description="sha256 of the event before this one in the chain; null for the first"
+    )
+    sha256: str = Field(
+        description="sha256 over this event's canonical form, which includes prev_sha256"
+    )

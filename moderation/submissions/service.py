@@ -17,9 +17,8 @@ from moderation.audit import service as audit
 from moderation.config import Settings
 from moderation.core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from moderation.core.pagination import Page, decode_cursor, encode_cursor
-from moderation.decisions.models import Action, Decision
+from moderation.decisions.models import Action, Decision, ShadowOutcome
 from moderation.policies import service as policies
-from moderation.policies.models import Policy, PolicyVersion
 from moderation.queue import MODERATE_SUBMISSION, enqueue_after_commit
 from moderation.submissions import repository
 from moderation.submissions.models import (
@@ -27,6 +26,7 @@ from moderation.submissions.models import (
     SubmissionImage,
     SubmissionStatus,
     Verdict,
+    VerdictRole,
 )
 from moderation.submissions.schemas import (
     AuditEventRead,
@@ -34,12 +34,14 @@ from moderation.submissions.schemas import (
     FrameRead,
     ImageRead,
     PolicyRef,
+    ShadowOutcomeRead,
     SubmissionCreate,
     SubmissionRead,
     SubmissionSummary,
     VerdictRead,
 )
 from moderation.tenants.service import Principal
+from moderation.webhooks.service import check_callback_url
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ def create_submission(
     session: Session, principal: Principal, new: NewSubmission, settings: Settings
 ) -> tuple[Submission, bool]:
     """Store the submission and queue its moderation; (submission, created)."""
+    if new.callback_url is not None:
+        check_callback_url(new.callback_url, settings)
     if len(new.images) > settings.image_max_count:
         raise ValidationFailed(
             f"at most {settings.image_max_count} images per submission",
@@ -138,7 +142,7 @@ def create_submission(
     payload_sha256 = new.payload_sha256()
     existing = repository.find_by_external_id(session, principal.tenant_id, new.external_id)
     if existing is None:
-        version = policies.active_version(session, new.policy or policies.DEFAULT_POLICY)
+        version = policies.version_for_submission(session, principal.tenant_id, new.policy)
         submission_id = repository.insert_submission(
             session,
             {
@@ -212,11 +216,16 @@ def read_submission(
 
 
 def present_submission(session: Session, submission: Submission) -> SubmissionRead:
-    version = session.get(PolicyVersion, submission.policy_version_id)
-    assert version is not None
-    policy = session.get(Policy, version.policy_id)
-    assert policy is not None
     decisions = [_present_decision(d) for d in repository.decisions_of(session, submission.id)]
+    verdicts = repository.verdicts_of(session, submission.id)
+    outcomes = repository.shadow_outcomes_of(session, submission.id)
+    labels = policies.version_labels(
+        session,
+        [submission.policy_version_id]
+        + [v.policy_version_id for v in verdicts]
+        + [o.policy_version_id for o in outcomes],
+    )
+    slug, version_number = labels[submission.policy_version_id]
     return SubmissionRead(
         id=submission.id,
         external_id=submission.external_id,
@@ -224,12 +233,26 @@ def present_submission(session: Session, submission: Submission) -> SubmissionRe
         text=submission.text,
         metadata=submission.metadata_,
         callback_url=submission.callback_url,
-        policy=PolicyRef(slug=policy.slug, version=version.version),
+        policy=PolicyRef(slug=slug, version=version_number),
         decision=decisions[-1] if decisions else None,
         decisions=decisions,
         verdicts=[
-            _present_verdict(v, policy.slug, version.version)
-            for v in repository.verdicts_of(session, submission.id)
+            _present_verdict(v, *labels[v.policy_version_id])
+            for v in verdicts
+            if v.role is VerdictRole.live
+        ],
+        shadow=[
+            _present_shadow_outcome(
+                outcome,
+                *labels[outcome.policy_version_id],
+                [
+                    _present_verdict(v, *labels[v.policy_version_id])
+                    for v in verdicts
+                    if v.role is VerdictRole.shadow
+                    and v.policy_version_id == outcome.policy_version_id
+                ],
+            )
+            for outcome in outcomes
         ],
         images=_present_images(session, submission.id),
         attempts=submission.attempts,
@@ -264,6 +287,24 @@ def _present_images(session: Session, submission_id: uuid.UUID) -> list[ImageRea
         )
         for image in repository.images_of(session, submission_id)
     ]
+
+
+def _present_shadow_outcome(
+    outcome: ShadowOutcome, slug: str, version: int, verdicts: list[VerdictRead]
+) -> ShadowOutcomeRead:
+    return ShadowOutcomeRead.model_validate(
+        {
+            "policy": slug,
+            "policy_version": version,
+            "action": outcome.action,
+            "reason": outcome.reason,
+            "detail": outcome.detail,
+            "categories": outcome.categories,
+            "model_calls": outcome.model_calls,
+            "verdicts": verdicts,
+            "created_at": outcome.created_at,
+        }
+    )
 
 
 def _present_decision(decision: Decision) -> DecisionRead:
@@ -313,6 +354,7 @@ def _present_verdict(verdict: Verdict, policy_slug: str, policy_version: int) ->
             "error": verdict.error,
             "raw_output": verdict.raw_output,
             "reused_from": verdict.reused_from_id,
+            "role": verdict.role,
             "created_at": verdict.created_at,
         }
     )

@@ -25,6 +25,12 @@ class Tenant(UUIDKey, CreatedAt, Base):
     webhook_secret: Mapped[str] = mapped_column(String(200))
     # When set, inbound submissions must carry a valid Standard Webhooks signature.
     inbound_secret: Mapped[str | None] = mapped_column(String(200))
+    # After a rotation the replaced secret keeps working until the overlap ends: callbacks are
+    # signed with both, and inbound signatures made with either are accepted.
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(200))
+    previous_webhook_secret_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    previous_inbound_secret: Mapped[str | None] = mapped_column(String(200))
+    previous_inbound_secret_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ApiKey(UUIDKey, CreatedAt, Base):
@@ -39,4 +45,6 @@ class ApiKey(UUIDKey, CreatedAt, Base):
     # Only a hash is stored: the key is shown once, at creation.
     key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
+    # Who holds the key: the reviewer named in audit trails, claims and reports.
+    name: Mapped[str | None] = mapped_column(String(100))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

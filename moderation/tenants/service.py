@@ -7,10 +7,13 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from moderation.core.errors import Forbidden, NotFound, Unauthorized
+from moderation.core.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
+from moderation.core.time import utcnow
+from moderation.policies.service import install_templates
 from moderation.tenants import repository
 from moderation.tenants.models import ApiKey, Role, Tenant
 
@@ -19,14 +22,18 @@ KEY_PREFIX = "mk_"
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: one tenant, one role."""
+    """Who is calling: one tenant, one role, and the person's name where the key has one."""
 
     tenant_id: uuid.UUID
     role: Role
     key_id: uuid.UUID
+    name: str | None = None
 
     @property
     def actor(self) -> str:
+        """How the audit trail names the caller: the person first, the key that proves it."""
+        if self.name:
+            return f"{self.name} (key:{self.key_id})"
         return f"key:{self.key_id}"
 
 
@@ -47,23 +54,116 @@ def hash_api_key(secret: str) -> str:
 
 
 def create_tenant(
-    session: Session, name: str, *, callback_url: str | None = None, inbound_signing: bool = False
+    session: Session,
+    name: str,
+    *,
+    callback_url: str | None = None,
+    inbound_signing: bool = False,
+    with_policy_templates: bool = True,
 ) -> Tenant:
+    """A new tenant owns a copy of each shipped policy template, active, so it can submit at
+    once; its admins then version those copies without touching any other tenant's."""
     tenant = Tenant(
         name=name,
         callback_url=callback_url,
         webhook_secret=new_webhook_secret(),
         inbound_secret=new_webhook_secret() if inbound_signing else None,
     )
-    return repository.add_tenant(session, tenant)
+    repository.add_tenant(session, tenant)
+    if with_policy_templates:
+        install_templates(session, tenant.id)
+    return tenant
 
 
-def create_api_key(session: Session, tenant_id: uuid.UUID, role: Role) -> IssuedKey:
+@dataclass(frozen=True)
+class RotatedSecret:
+    secret: str
+    previous_valid_until: datetime | None
+
+
+def rotate_secret(
+    session: Session, tenant_id: uuid.UUID, *, inbound: bool, overlap: timedelta
+) -> RotatedSecret:
+    """Issue a new signing secret; the one it replaces keeps working for `overlap`.
+
+    During the overlap callbacks carry a signature made with each secret, and inbound
+    submissions signed with either are accepted, so both sides can switch at their own pace.
+    Rotating again during an overlap retires the oldest secret at once.
+    """
+    tenant = repository.get_tenant(session, tenant_id, for_update=True)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id} does not exist")
+    until = utcnow() + overlap if overlap > timedelta() else None
+    secret = new_webhook_secret()
+    if inbound:
+        if tenant.inbound_secret is None:
+            raise Conflict(
+                f"tenant {tenant_id} does not sign its submissions; there is no inbound secret"
+            )
+        tenant.previous_inbound_secret = tenant.inbound_secret if until else None
+        tenant.previous_inbound_secret_until = until
+        tenant.inbound_secret = secret
+    else:
+        tenant.previous_webhook_secret = tenant.webhook_secret if until else None
+        tenant.previous_webhook_secret_until = until
+        tenant.webhook_secret = secret
+    session.flush()
+    return RotatedSecret(secret=secret, previous_valid_until=until)
+
+
+def outbound_signing_secrets(tenant: Tenant, now: datetime) -> list[str]:
+    """The secrets a callback is signed with now: the current one, and the previous one during
+    its overlap."""
+    return _live_secrets(
+        tenant.webhook_secret,
+        tenant.previous_webhook_secret,
+        tenant.previous_webhook_secret_until,
+        now,
+    )
+
+
+def inbound_signing_secrets(tenant: Tenant, now: datetime) -> list[str]:
+    """The secrets an inbound signature may be made with; empty when none is required."""
+    if tenant.inbound_secret is None:
+        return []
+    return _live_secrets(
+        tenant.inbound_secret,
+        tenant.previous_inbound_secret,
+        tenant.previous_inbound_secret_until,
+        now,
+    )
+
+
+def _live_secrets(
+    current: str, previous: str | None, previous_until: datetime | None, now: datetime
+) -> list[str]:
+    if previous and previous_until and now < previous_until:
+        return [current, previous]
+    return [current]
+
+
+def get_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant:
+    tenant = repository.get_tenant(session, tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id} does not exist")
+    return tenant
+
+
+def create_api_key(
+    session: Session, tenant_id: uuid.UUID, role: Role, *, name: str | None = None
+) -> IssuedKey:
     if repository.get_tenant(session, tenant_id) is None:
         raise NotFound(f"tenant {tenant_id} does not exist")
+    name = name.strip() if name else None
+    if name is not None and not 1 <= len(name) <= 100:
+        raise ValidationFailed("a key's name must be 1 to 100 characters")
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
-        tenant_id=tenant_id, role=role, key_sha256=hash_api_key(secret), prefix=secret[:11]
+        tenant_id=tenant_id,
+        role=role,
+        key_sha256=hash_api_key(secret),
+        prefix=secret[:11],
+        name=name,
     )
     return IssuedKey(key=repository.add_api_key(session, key), secret=secret)
 
@@ -77,7 +177,7 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
     key = repository.find_live_key(session, hash_api_key(secret.strip()))
     if key is None:
         raise Unauthorized("unknown or revoked API key")
-    return Principal(tenant_id=key.tenant_id, role=key.role, key_id=key.id)
+    return Principal(tenant_id=key.tenant_id, role=key.role, key_id=key.id, name=key.name)
 
 
 def require_role(principal: Principal, allowed: frozenset[Role]) -> None:

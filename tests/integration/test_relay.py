@@ -36,7 +36,7 @@ def insert_without_sending(database_url: str, tenant: TenantKeys, text: str, **f
             payload_sha256="0" * 64,
             text=text,
             metadata_={},
-            policy_version_id=active_version(session, "default").id,
+            policy_version_id=active_version(session, tenant.tenant_id, "default").id,
             **{"status": SubmissionStatus.queued, "attempts": 0, **fields},
         )
         session.add(submission)
@@ -147,6 +147,13 @@ def test_a_worker_killed_mid_model_call_loses_nothing(
             stderr=subprocess.STDOUT,
         )
     try:
+        # On a busy machine a worker takes longer to start than the relay's grace period; sent
+        # earlier, the task would be re-sent to (and finished by) the session's worker instead.
+        deadline = time.monotonic() + 60
+        while b"ready." not in (tmp_path / "doomed.log").read_bytes():
+            assert doomed.poll() is None, (tmp_path / "doomed.log").read_text()
+            assert time.monotonic() < deadline, "the doomed worker never became ready"
+            time.sleep(0.1)
         submission_id = insert_without_sending(migrated, tenant, f"caption {case}")
         celery_app.send_task(MODERATE_SUBMISSION, args=[str(submission_id)], queue=queue)
         deadline = time.monotonic() + 60

@@ -2,8 +2,8 @@
 retention of uploaded originals and normalized images.
 
 Revision ID: 0003_media
-Revises: 0002
-Create Date: 2026-11-24 23:00:00.000000+00:00
+Revises: 0003_policies
+Create Date: 2026-11-24 23:30:00.000000+00:00
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0003_media"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003_policies"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
