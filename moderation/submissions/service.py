@@ -39,6 +39,7 @@ from moderation.submissions.schemas import (
     SubmissionRead,
     SubmissionSummary,
     VerdictRead,
+    ViolationRead,
 )
 from moderation.tenants.service import Principal
 from moderation.webhooks.service import check_callback_url
@@ -321,11 +322,11 @@ def _present_decision(decision: Decision) -> DecisionRead:
     )
 
 
-def _present_verdict(verdict: Verdict, policy_slug: str, policy_version: int) -> VerdictRead:
-    parsed = verdict.parsed or {}
+def violations_with_evidence(verdict: Verdict) -> list[ViolationRead]:
+    """The verdict's violations, each with the uploaded file and frame its `image` index means."""
     refs = verdict.image_refs or []
     violations = []
-    for violation in parsed.get("violations", []):
+    for violation in (verdict.parsed or {}).get("violations", []):
         index = violation.get("image")
         # Verdicts stored before frames were tracked have no refs: there, image i was upload i.
         if isinstance(index, int) and 0 <= index < len(refs):
@@ -333,7 +334,13 @@ def _present_verdict(verdict: Verdict, policy_slug: str, policy_version: int) ->
             violation = {**violation, "position": position, "frame": frame}
         elif isinstance(index, int) and not refs:
             violation = {**violation, "position": index, "frame": 0}
-        violations.append(violation)
+        violations.append(ViolationRead.model_validate(violation))
+    return violations
+
+
+def _present_verdict(verdict: Verdict, policy_slug: str, policy_version: int) -> VerdictRead:
+    parsed = verdict.parsed or {}
+    violations = violations_with_evidence(verdict)
     return VerdictRead.model_validate(
         {
             "rating": parsed.get("rating"),

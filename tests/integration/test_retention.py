@@ -121,7 +121,7 @@ def test_the_original_stays_while_the_submission_is_in_review(
 
 def test_a_reviewers_final_decision_deletes_the_original(migrated, tenant):
     with session_scope(get_sessionmaker(migrated)) as session:
-        submission = make_submission(session, tenant.tenant_id, images=[GPS_JPEG])
+        submission = make_submission(session, tenant.tenant_id, originals=[GPS_JPEG])
         record_decision(session, submission, Outcome(Action.review), source=DecisionSource.model)
         assert repository.source_bytes(session, submission.id, 0) == GPS_JPEG
         record_decision(
@@ -141,7 +141,7 @@ def decided_submission(
     database_url: str, tenant: TenantKeys, settings: Settings, action: Action = Action.allow
 ) -> uuid.UUID:
     with session_scope(get_sessionmaker(database_url)) as session:
-        submission = make_submission(session, tenant.tenant_id, images=[GPS_JPEG])
+        submission = make_submission(session, tenant.tenant_id, originals=[GPS_JPEG])
         record_decision(
             session, submission, Outcome(action), source=DecisionSource.model, settings=settings
         )
