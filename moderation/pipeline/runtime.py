@@ -23,7 +23,12 @@ class PipelineRuntime:
     settings: Settings
     sessions: sessionmaker[Session]
     vlm: VLMClient
-    decode_budget: DecodeBudget
+    # Shared by the process's threads; sized from the settings unless given.
+    decode_budget: DecodeBudget | None = None
+
+    def __post_init__(self) -> None:
+        if self.decode_budget is None:
+            self.decode_budget = DecodeBudget(self.settings.image_decode_budget_bytes)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> PipelineRuntime:
@@ -35,5 +40,4 @@ class PipelineRuntime:
             settings=settings,
             sessions=get_sessionmaker(resolve_database_url(settings), pool),
             vlm=VLMClient(settings),
-            decode_budget=DecodeBudget(settings.image_decode_budget_bytes),
         )
