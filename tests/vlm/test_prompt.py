@@ -387,7 +387,7 @@ def fold(text: str) -> str:
     return text.lower()
 
 
-@settings(deadline=None, max_examples=250)
+@settings(deadline=None, max_examples=150)
 @given(hostile_text)
 def test_no_caption_can_close_the_block_or_open_a_role(caption: str) -> None:
     messages = build_messages("policy", [CAT], caption)
