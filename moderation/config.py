@@ -68,6 +68,21 @@ class Settings(BaseSettings):
     image_max_pixels: int = Field(default=64_000_000, gt=0)
     image_token_budget: int = Field(default=1024, ge=16, le=16384)
     image_max_count: int = Field(default=8, ge=1, le=32)
+    # What one image may take once decoded: Pillow holds 1 byte per pixel for grey and palette
+    # images, 2 for 16-bit grey and 4 for any colour image, alpha or not. JPEGs are counted at
+    # the reduced scale they decode at. The default takes an 8000x8000 RGBA PNG.
+    image_max_decoded_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    # Decoding memory a worker process may use at once across all its threads. A large image
+    # waits for room, small ones never wait, and an image that could never fit is refused.
+    image_decode_budget_bytes: int = Field(default=320 * 1024 * 1024, gt=0)
+    # Frames of one animation or multi-page file shown to the model. They share the image's
+    # token budget: each gets IMAGE_TOKEN_BUDGET divided by the number of frames sent.
+    image_max_frames: int = Field(default=8, ge=2, le=64)
+    # Every frame is examined (decoded to a thumbnail) before frames are chosen; a file with
+    # more frames, or more pixels over all its frames, goes to review rather than being judged
+    # on a part of it.
+    image_frame_scan_limit: int = Field(default=1000, ge=2)
+    image_frame_scan_max_pixels: int = Field(default=500_000_000, gt=0)
     fetch_timeout_s: float = Field(default=10.0, gt=0)
     fetch_max_redirects: int = Field(default=5, ge=0, le=20)
     fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -111,6 +126,17 @@ class Settings(BaseSettings):
     review_lease_s: int = Field(default=900, ge=1)
     review_lease_max_s: int = Field(default=4 * 3600, ge=1)
 
+    # Privacy. The uploaded original (with whatever EXIF, GPS position or camera serial it
+    # carries) is deleted once the submission has a final decision, or this many days after it;
+    # submissions in review keep theirs, since judging them again needs them. 0 = at once.
+    retain_originals_days: float = Field(default=0, ge=0)
+    # The normalized images (metadata-free, what the model and reviewers saw) are deleted this
+    # many days after the final decision, keeping hashes, sizes and every decision and verdict.
+    # Unset keeps them: they are the evidence behind each decision, for appeals and audits.
+    retain_normalized_days: float | None = Field(default=None, ge=0)
+    # How often a worker looks for media past its retention.
+    media_purge_interval_s: float = Field(default=3600.0, gt=0)
+
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
     log_level: str = "INFO"
@@ -151,6 +177,28 @@ class Settings(BaseSettings):
         if self.webhook_connect_timeout_s > self.webhook_timeout_s:
             raise ValueError(
                 "MODERATION_WEBHOOK_CONNECT_TIMEOUT_S must not exceed MODERATION_WEBHOOK_TIMEOUT_S"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_retention(self) -> Settings:
+        if (
+            self.retain_normalized_days is not None
+            and self.retain_normalized_days < self.retain_originals_days
+        ):
+            raise ValueError(
+                "MODERATION_RETAIN_NORMALIZED_DAYS must not be shorter than "
+                "MODERATION_RETAIN_ORIGINALS_DAYS"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_frames_fit_the_budget(self) -> Settings:
+        # smart_resize never goes below 4 tokens an image.
+        if self.image_token_budget // self.image_max_frames < 4:
+            raise ValueError(
+                "MODERATION_IMAGE_TOKEN_BUDGET must give each of MODERATION_IMAGE_MAX_FRAMES "
+                "frames at least 4 tokens"
             )
         return self
 

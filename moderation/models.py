@@ -7,7 +7,12 @@ from moderation.decisions.models import Decision, ShadowOutcome
 from moderation.jobs.models import Job
 from moderation.policies.models import Policy, PolicyVersion, ShadowUsage
 from moderation.review.models import ReviewTask
-from moderation.submissions.models import Submission, SubmissionImage, Verdict
+from moderation.submissions.models import (
+    Submission,
+    SubmissionImage,
+    SubmissionImageFrame,
+    Verdict,
+)
 from moderation.tenants.models import ApiKey, Tenant
 from moderation.webhooks.models import (
     InboundWebhook,
@@ -32,6 +37,7 @@ __all__ = [
     "ShadowUsage",
     "Submission",
     "SubmissionImage",
+    "SubmissionImageFrame",
     "Tenant",
     "Verdict",
     "WebhookAttempt",

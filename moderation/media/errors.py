@@ -22,3 +22,15 @@ class ImageDecodeError(MediaError):
     """The bytes are not an image we accept, or decoding it would cost more than the caps allow."""
 
     reason = "decode_failed"
+
+
+class DecodeBudgetExhausted(MediaError):
+    """The worker was too busy decoding other large images to decode this one in time."""
+
+    reason = "processing_failed"
+
+
+class OriginalGone(MediaError):
+    """The inline upload was deleted under the retention rules and there is no URL to fetch."""
+
+    reason = "processing_failed"

@@ -6,6 +6,7 @@ a machine-readable reason, never in `allow`, and a run that dies is picked up by
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -13,19 +14,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from moderation.audit.service import record_event
 from moderation.database import session_scope
 from moderation.decisions.models import DecisionSource, ReviewReason
 from moderation.decisions.rules import failure
 from moderation.decisions.service import finish_without_judging, record_decision
-from moderation.pipeline.judge import JudgedWork, SourceImage, judge_content
+from moderation.pipeline.judge import ImageResult, JudgedWork, SourceImage, judge_content
 from moderation.pipeline.runtime import WORKER_ACTOR, PipelineRuntime
 from moderation.pipeline.shadow import ShadowRun, ShadowVersion, judge_in_shadow
 from moderation.pipeline.verdicts import verdict_rows
 from moderation.policies.schemas import PolicyDocument
 from moderation.policies.service import document_for_version, shadow_for
 from moderation.submissions import repository
-from moderation.submissions.models import VerdictRole
+from moderation.submissions.models import SubmissionImageFrame, VerdictRole
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +130,22 @@ def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | Non
             policy_version_id=submission.policy_version_id,
             policy=document_for_version(session, submission.policy_version_id),
             images=[
-                SourceImage(image.position, image.source_url, image.source_data)
-                for image in repository.images_of(session, submission.id, with_source=True)
+                SourceImage(
+                    source.position,
+                    source.url,
+                    load=functools.partial(_load_source, runtime, submission.id, source.position)
+                    if source.has_data
+                    else None,
+                )
+                for source in repository.stored_sources(session, submission.id)
             ],
             shadow=ShadowVersion(shadow[0].id, shadow[1]) if shadow is not None else None,
         )
+
+
+def _load_source(runtime: PipelineRuntime, submission_id: uuid.UUID, position: int) -> bytes | None:
+    with session_scope(runtime.sessions) as session:
+        return repository.source_bytes(session, submission_id, position)
 
 
 def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> bool:
@@ -143,19 +157,7 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> bool
             logger.warning("lease on %s lost before storing; discarding", work.submission_id)
             return False
         for result in judged.images:
-            values: dict[str, Any] = {"error": result.error}
-            if result.normalized is not None:
-                image = result.normalized
-                values |= {
-                    "data": image.data,
-                    "sha256": image.sha256,
-                    "width": image.width,
-                    "height": image.height,
-                    "mime": image.mime,
-                    "source_mime": image.source_mime,
-                    "tokens": image.tokens,
-                }
-            repository.update_image(session, submission.id, result.position, values)
+            _store_image(session, submission.id, result)
         session.add_all(
             verdict_rows(
                 judged,
@@ -183,5 +185,51 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> bool
             source = DecisionSource.cache
         else:
             source = DecisionSource.model if judged.calls else DecisionSource.system
-        record_decision(session, submission, judged.outcome, source=source, detail=judged.detail)
+        record_decision(
+            session,
+            submission,
+            judged.outcome,
+            source=source,
+            detail=judged.detail,
+            settings=runtime.settings,
+        )
     return True
+
+
+def _store_image(session: Session, submission_id: uuid.UUID, result: ImageResult) -> None:
+    values: dict[str, Any] = {"error": result.error}
+    media = result.media
+    if media is not None:
+        image = media.primary
+        values |= {
+            "data": image.data,
+            "sha256": image.sha256,
+            "width": image.width,
+            "height": image.height,
+            "mime": image.mime,
+            "source_mime": image.source_mime,
+            "tokens": image.tokens,
+            "frame_count": media.frame_count,
+        }
+        if media.frame_count > 1:
+            repository.replace_frames(
+                session,
+                submission_id,
+                result.position,
+                [
+                    SubmissionImageFrame(
+                        submission_id=submission_id,
+                        position=result.position,
+                        frame=frame.index,
+                        time_ms=frame.time_ms,
+                        data=frame.image.data,
+                        sha256=frame.image.sha256,
+                        width=frame.image.width,
+                        height=frame.image.height,
+                        mime=frame.image.mime,
+                        tokens=frame.image.tokens,
+                    )
+                    for frame in media.frames
+                ],
+            )
+    repository.update_image(session, submission_id, result.position, values)

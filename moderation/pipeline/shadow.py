@@ -85,12 +85,11 @@ def judge_in_shadow(
 
 
 def _images_the_live_run_saw(run: ShadowRun, live: JudgedWork) -> list[SourceImage] | None:
-    seen = [result for result in live.images if result.normalized is not None]
+    seen = [result for result in live.images if result.media is not None]
     if len(seen) != run.image_count:
         return None
-    return [
-        SourceImage(position=r.position, url=None, data=None, normalized=r.normalized) for r in seen
-    ]
+    # The whole media, every frame the live run showed the model, not only the first.
+    return [SourceImage(position=r.position, url=None, normalized=r.media) for r in seen]
 
 
 def _store(run: ShadowRun, judged: JudgedWork, runtime: PipelineRuntime) -> None:

@@ -53,7 +53,8 @@ from moderation.review.schemas import (
     TaskState,
 )
 from moderation.submissions.models import Submission, SubmissionImage, Verdict
-from moderation.submissions.schemas import CategoryRead, DecisionRead, PolicyRef, ViolationRead
+from moderation.submissions.schemas import CategoryRead, DecisionRead, PolicyRef
+from moderation.submissions.service import violations_with_evidence
 from moderation.tenants.models import Role
 from moderation.tenants.service import Principal
 
@@ -643,7 +644,7 @@ def _present_verdict(verdict: Verdict) -> ModelVerdictView:
         rating=parsed.get("rating"),
         confidence=parsed.get("confidence"),
         rationale=parsed.get("rationale"),
-        violations=[ViolationRead.model_validate(v) for v in parsed.get("violations", [])],
+        violations=violations_with_evidence(verdict),
         rating_probability=verdict.rating_probability,
         error=verdict.error,
         reused=verdict.reused_from_id is not None,

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -68,7 +69,15 @@ class Submission(UUIDKey, CreatedAt, Base):
 
 class SubmissionImage(UUIDKey, CreatedAt, Base):
     __tablename__ = "submission_images"
-    __table_args__ = (UniqueConstraint("submission_id", "position"),)
+    __table_args__ = (
+        UniqueConstraint("submission_id", "position"),
+        # The retention sweep looks only at rows that still hold an original.
+        Index(
+            "ix_submission_images_unpurged_source",
+            "submission_id",
+            postgresql_where=text("source_data IS NOT NULL"),
+        ),
+    )
 
     submission_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("submissions.id", ondelete="CASCADE")
@@ -87,6 +96,35 @@ class SubmissionImage(UUIDKey, CreatedAt, Base):
     source_mime: Mapped[str | None] = mapped_column(String(64))
     tokens: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+    # Frames (or pages) in the uploaded file; the sampled ones are SubmissionImageFrame rows.
+    frame_count: Mapped[int | None] = mapped_column(Integer)
+    # When the retention rules deleted the original upload, and the normalized bytes.
+    source_purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    data_purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SubmissionImageFrame(UUIDKey, CreatedAt, Base):
+    """One frame of an animated or multi-page upload as the model saw it.
+
+    Frame 0 is also the image row's own `data`; stills have no frame rows.
+    """
+
+    __tablename__ = "submission_image_frames"
+    __table_args__ = (UniqueConstraint("submission_id", "position", "frame"),)
+
+    submission_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("submissions.id", ondelete="CASCADE")
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    frame: Mapped[int] = mapped_column(Integer)
+    # When the frame appears in a timed animation; None for pages.
+    time_ms: Mapped[int | None] = mapped_column(Integer)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    mime: Mapped[str] = mapped_column(String(64))
+    tokens: Mapped[int] = mapped_column(Integer)
 
 
 class Verdict(UUIDKey, CreatedAt, Base):
@@ -115,6 +153,9 @@ class Verdict(UUIDKey, CreatedAt, Base):
     rating_probability: Mapped[float | None] = mapped_column(Float)
     # Set when this verdict was not asked for but reused from an identical earlier prompt.
     reused_from_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("verdicts.id"))
+    # [position, frame] of each image of the prompt, so the verdict's image index names a file
+    # and a frame.
+    image_refs: Mapped[list[Any] | None]
     # Shadow verdicts are kept for comparison only; they never stand behind a decision.
     role: Mapped[VerdictRole] = mapped_column(
         str_enum(VerdictRole, length=16),

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -39,6 +39,9 @@ from moderation.tenants.dependencies import Ingest, IngestOrReviewer, Reviewer
 from moderation.webhooks import service as webhooks
 
 router = APIRouter(prefix="/v1/submissions", tags=["submissions"])
+
+# Image positions and frame numbers are stored as 32-bit integers.
+_MAX_INDEX = 2**31 - 1
 
 
 def _validation_problem(exc: ValidationError, where: str) -> ValidationFailed:
@@ -257,6 +260,29 @@ def get_submission_image(
     # Uploaded bytes, served from the API's origin: never let a browser guess another type.
     headers = {"Cache-Control": "private", "X-Content-Type-Options": "nosniff"}
     return Response(content=data, media_type=mime, headers=headers)
+
+
+@router.get(
+    "/{submission_id}/images/{position}/frames/{frame}",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the frame as the model saw it, normalized like the image",
+            "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+def get_submission_image_frame(
+    submission_id: uuid.UUID,
+    position: Annotated[int, Path(ge=0, le=_MAX_INDEX)],
+    frame: Annotated[int, Path(ge=0, le=_MAX_INDEX)],
+    session: DbSession,
+    principal: Reviewer,
+) -> Response:
+    """One frame of an animated or multi-page image, as the model saw it: the evidence a
+    verdict's `frame` points at."""
+    data, mime = service.frame_image(session, principal, submission_id, position, frame)
+    return Response(content=data, media_type=mime, headers={"Cache-Control": "private"})
 
 
 @router.get("/{submission_id}/audit", response_model=list[AuditEventRead])

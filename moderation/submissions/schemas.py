@@ -95,6 +95,14 @@ class CategoryRead(BaseModel):
     category: str
     severity: int
     confidence: float | None = None
+    position: int | None = Field(
+        default=None, description="the uploaded image that shows it, as the model named it"
+    )
+    frame: int | None = Field(
+        default=None,
+        description="the frame of that image (0 for stills): for an animation or a "
+        "multi-page file, the one to look at in /images/{position}/frames/{frame}",
+    )
 
 
 class DecisionRead(BaseModel):
@@ -116,7 +124,11 @@ class ViolationRead(BaseModel):
     severity: int
     confidence: float
     source: Literal["image", "text", "both"]
-    image: int | None = None
+    image: int | None = Field(
+        default=None, description="the index of the image in the prompt, as the model wrote it"
+    )
+    position: int | None = Field(default=None, description="the uploaded image it is one of")
+    frame: int | None = Field(default=None, description="its frame in that image (0 for stills)")
     rationale: str
 
 
@@ -167,6 +179,17 @@ class ShadowOutcomeRead(BaseModel):
     created_at: datetime
 
 
+class FrameRead(BaseModel):
+    """A frame of an animated or multi-page image that the model was shown."""
+
+    frame: int
+    time_ms: int | None = Field(description="when it appears; null for pages")
+    sha256: str
+    width: int
+    height: int
+    tokens: int
+
+
 class ImageRead(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [examples.IMAGE]})
 
@@ -179,6 +202,19 @@ class ImageRead(BaseModel):
     source_mime: str | None
     tokens: int | None
     error: str | None
+    frame_count: int | None = Field(
+        default=None, description="frames or pages in the uploaded file (1 for stills)"
+    )
+    frames: list[FrameRead] = Field(
+        default_factory=list,
+        description="the frames the model was shown, for animations and multi-page files",
+    )
+    original_purged_at: datetime | None = Field(
+        default=None, description="when the uploaded original was deleted (privacy retention)"
+    )
+    normalized_purged_at: datetime | None = Field(
+        default=None, description="when the normalized image was deleted (retention)"
+    )
 
 
 class PolicyRef(BaseModel):

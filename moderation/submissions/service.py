@@ -38,6 +38,7 @@ from moderation.submissions.models import (
 from moderation.submissions.schemas import (
     AuditEventRead,
     DecisionRead,
+    FrameRead,
     ImageRead,
     PolicyRef,
     ShadowOutcomeRead,
@@ -45,6 +46,7 @@ from moderation.submissions.schemas import (
     SubmissionRead,
     SubmissionSummary,
     VerdictRead,
+    ViolationRead,
 )
 from moderation.tenants.service import Principal
 from moderation.webhooks.service import check_callback_url
@@ -299,14 +301,39 @@ def present_submission(session: Session, submission: Submission) -> SubmissionRe
             )
             for outcome in outcomes
         ],
-        images=[
-            ImageRead.model_validate(image, from_attributes=True)
-            for image in repository.images_of(session, submission.id)
-        ],
+        images=_present_images(session, submission.id),
         attempts=submission.attempts,
         created_at=submission.created_at,
         updated_at=submission.updated_at,
     )
+
+
+def _present_images(session: Session, submission_id: uuid.UUID) -> list[ImageRead]:
+    frames: dict[int, list[FrameRead]] = {}
+    for frame in repository.frames_of(session, submission_id):
+        frames.setdefault(frame.position, []).append(
+            FrameRead.model_validate(frame, from_attributes=True)
+        )
+    return [
+        ImageRead.model_validate(
+            {
+                "position": image.position,
+                "source_url": image.source_url,
+                "sha256": image.sha256,
+                "width": image.width,
+                "height": image.height,
+                "mime": image.mime,
+                "source_mime": image.source_mime,
+                "tokens": image.tokens,
+                "error": image.error,
+                "frame_count": image.frame_count,
+                "frames": frames.get(image.position, []),
+                "original_purged_at": image.source_purged_at,
+                "normalized_purged_at": image.data_purged_at,
+            }
+        )
+        for image in repository.images_of(session, submission_id)
+    ]
 
 
 def _present_shadow_outcome(
@@ -341,13 +368,30 @@ def _present_decision(decision: Decision) -> DecisionRead:
     )
 
 
+def violations_with_evidence(verdict: Verdict) -> list[ViolationRead]:
+    """The verdict's violations, each with the uploaded file and frame its `image` index means."""
+    refs = verdict.image_refs or []
+    violations = []
+    for violation in (verdict.parsed or {}).get("violations", []):
+        index = violation.get("image")
+        # Verdicts stored before frames were tracked have no refs: there, image i was upload i.
+        if isinstance(index, int) and 0 <= index < len(refs):
+            position, frame = refs[index]
+            violation = {**violation, "position": position, "frame": frame}
+        elif isinstance(index, int) and not refs:
+            violation = {**violation, "position": index, "frame": 0}
+        violations.append(ViolationRead.model_validate(violation))
+    return violations
+
+
 def _present_verdict(verdict: Verdict, policy_slug: str, policy_version: int) -> VerdictRead:
     parsed = verdict.parsed or {}
+    violations = violations_with_evidence(verdict)
     return VerdictRead.model_validate(
         {
             "rating": parsed.get("rating"),
             "confidence": parsed.get("confidence"),
-            "violations": parsed.get("violations", []),
+            "violations": violations,
             "rationale": parsed.get("rationale"),
             "rating_probability": verdict.rating_probability,
             "model": verdict.model,
@@ -405,9 +449,26 @@ def normalized_image(
     image = repository.image_at(session, submission_id, position)
     if image is None:
         raise NotFound(f"submission {submission_id} has no image {position}")
+    if image.data_purged_at is not None:
+        raise NotFound(f"image {position} was deleted under the retention rules")
     if image.data is None or image.mime is None:
         raise NotFound(f"image {position} has not been normalized (yet): {image.error or 'queued'}")
     return image.data, image.mime
+
+
+def frame_image(
+    session: Session, principal: Principal, submission_id: uuid.UUID, position: int, frame: int
+) -> tuple[bytes, str]:
+    """A frame the model was shown. Frame 0 of a still is the image itself."""
+    get_submission(session, principal, submission_id)
+    row = repository.frame_at(session, submission_id, position, frame)
+    if row is None:
+        if frame == 0:
+            return normalized_image(session, principal, submission_id, position)
+        raise NotFound(f"image {position} of submission {submission_id} has no frame {frame}")
+    if row.data is None:
+        raise NotFound(f"frame {frame} of image {position} was deleted under the retention rules")
+    return row.data, row.mime
 
 
 def audit_trail(

@@ -10,7 +10,9 @@ caption); load tests run it standalone, answering from a fixed mix of verdicts:
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
+import io
 import itertools
 import json
 import re
@@ -121,7 +123,36 @@ class DelayedReply:
     then: Reply
 
 
-Reply = VerdictReply | RawReply | ErrorReply | DelayedReply
+@dataclass(frozen=True)
+class SeesColour:
+    """Answers like a model that recognises one kind of violation by its colour.
+
+    Every image of the request is decoded; the first whose average colour is within `tolerance`
+    of `colour` is named as the evidence of an unsafe verdict. Without one, `otherwise` answers.
+    Tests paint a violent frame in that colour to check which frames the model was shown.
+    """
+
+    colour: tuple[int, int, int]
+    category: str = "violence"
+    severity: int = 3
+    confidence: float = 0.95
+    tolerance: int = 40
+    otherwise: VerdictReply = field(
+        default_factory=lambda: VerdictReply(verdict=safe_verdict(0.97))
+    )
+
+    def reply_to(self, body: dict[str, Any]) -> VerdictReply:
+        for index, colour in enumerate(_image_colours(body)):
+            if all(abs(a - b) <= self.tolerance for a, b in zip(colour, self.colour, strict=True)):
+                return VerdictReply(
+                    verdict=unsafe_verdict(
+                        self.category, self.severity, self.confidence, image=index
+                    )
+                )
+        return self.otherwise
+
+
+Reply = VerdictReply | RawReply | ErrorReply | DelayedReply | SeesColour
 
 
 def safe_verdict(confidence: float = 0.97) -> dict[str, Any]:
@@ -341,6 +372,8 @@ class FakeVLMServer:
         while isinstance(reply, DelayedReply):
             time.sleep(reply.seconds)
             reply = reply.then
+        if isinstance(reply, SeesColour):
+            reply = reply.reply_to(body)
         match reply:
             case ErrorReply(status=status, body=error_body, headers=headers):
                 return status, error_body, headers
@@ -557,6 +590,25 @@ def _user_text(body: dict[str, Any]) -> str:
         else:
             texts.extend(part["text"] for part in content if part.get("type") == "text")
     return "\n".join(texts)
+
+
+def _image_colours(body: dict[str, Any]) -> list[tuple[int, int, int]]:
+    """The average colour of each image of the request, in the order the model sees them."""
+    from PIL import Image, ImageStat
+
+    colours = []
+    for message in body["messages"]:
+        content = message.get("content")
+        if isinstance(content, str):
+            continue
+        for part in content:
+            if part.get("type") != "image_url":
+                continue
+            _, _, encoded = part["image_url"]["url"].partition(";base64,")
+            with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
+                mean = ImageStat.Stat(image.convert("RGB")).mean
+            colours.append((round(mean[0]), round(mean[1]), round(mean[2])))
+    return colours
 
 
 def _estimate_prompt_tokens(body: dict[str, Any]) -> int:

@@ -267,7 +267,14 @@ def test_audit_trail_tells_the_story(client, tenant, fake_vlm):
     )
     assert response.status_code == 200
     events = [event["event"] for event in response.json()]
-    assert events == ["received", "queued", "processing_started", "model_verdict", "decided"]
+    assert events == [
+        "received",
+        "queued",
+        "processing_started",
+        "model_verdict",
+        "decided",
+        "media_purged",  # the inline original, once the decision is final
+    ]
     assert (
         client.get(
             f"/v1/submissions/{result['id']}/audit", headers=tenant.headers("ingest")
