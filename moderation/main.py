@@ -13,7 +13,9 @@ from prometheus_client.registry import CollectorRegistry
 from moderation.config import Settings, get_settings
 from moderation.core.limits import BodySizeLimit
 from moderation.core.problems import install_problem_handlers
+from moderation.core.rate_limits import RateLimiter
 from moderation.database import get_sessionmaker, resolve_database_url
+from moderation.ops.collectors import OutageCollector
 from moderation.ops.router import SubmissionCollector
 from moderation.ops.router import router as ops_router
 from moderation.policies.router import router as policies_router
@@ -33,7 +35,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = factory
         registry = CollectorRegistry()
         registry.register(SubmissionCollector(factory))
+        registry.register(OutageCollector(factory, settings))
         app.state.metrics_registry = registry
+        app.state.rate_limiter = RateLimiter(settings)
 
         @functools.cache
         def vlm_client() -> VLMClient:

@@ -5,17 +5,20 @@ from moderation.core.models import Base
 from moderation.decisions.models import Decision
 from moderation.policies.models import Policy, PolicyVersion
 from moderation.submissions.models import Submission, SubmissionImage, Verdict
-from moderation.tenants.models import ApiKey, Tenant
+from moderation.tenants.models import ApiKey, Tenant, TenantTokenUsage
+from moderation.vlm.models import ModelCircuit
 
 __all__ = [
     "ApiKey",
     "AuditEvent",
     "Base",
     "Decision",
+    "ModelCircuit",
     "Policy",
     "PolicyVersion",
     "Submission",
     "SubmissionImage",
     "Tenant",
+    "TenantTokenUsage",
     "Verdict",
 ]

@@ -151,6 +151,10 @@ def service_env(
         "MODERATION_TASK_SOFT_TIME_LIMIT_S": "30",
         "MODERATION_RELAY_INTERVAL_S": "1",
         "MODERATION_RELAY_GRACE_S": "4",
+        # Short leases, so every test exercises the heartbeat that keeps them alive.
+        "MODERATION_LEASE_S": "6",
+        # Tests script model failures one after another; only breaker tests should trip it.
+        "MODERATION_VLM_BREAKER_FAILURES": "50",
         "MODERATION_LOG_LEVEL": "INFO",
         # A queue of this run's own, so runs sharing a Redis never take each other's tasks.
         "MODERATION_QUEUE_NAME": f"moderation-test-{uuid.uuid4().hex[:8]}",

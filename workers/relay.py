@@ -1,4 +1,5 @@
-"""The relay: a thread in every worker process that re-sends work the broker lost.
+"""The relay: a thread in every worker process that re-sends work the broker lost, and
+re-drives submissions that an outage sent to review.
 
 Redis without persistence forgets messages on restart, kombu's SQL transport never gives back a
 message whose consumer died, and a process can crash between commit and send. Postgres knows
@@ -14,6 +15,7 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
+from moderation.pipeline.redrive import redrive_due_submissions
 from moderation.pipeline.relay import requeue_stalled_submissions
 from workers.tasks.moderation import runtime
 
@@ -24,13 +26,21 @@ _stop = threading.Event()
 
 def _relay_loop() -> None:
     interval = runtime().settings.relay_interval_s
-    while not _stop.wait(interval):
+    failures = 0
+    # After failed sweeps (database unreachable) wait longer each time, up to a minute, and
+    # resume the normal pace with the first sweep that works.
+    while not _stop.wait(min(interval * 2**failures, max(interval, 60.0))):
         try:
             count = requeue_stalled_submissions(runtime())
             if count:
                 logger.info("relay re-queued %d stalled submissions", count)
-        except Exception:
-            logger.exception("relay sweep failed; trying again in %.0fs", interval)
+            redriven = redrive_due_submissions(runtime())
+            if redriven:
+                logger.info("relay re-drove %d submissions that an outage sent to review", redriven)
+            failures = 0
+        except Exception as exc:
+            failures = min(failures + 1, 6)
+            logger.warning("relay sweep failed (%s: %s); backing off", type(exc).__name__, exc)
 
 
 @worker_ready.connect

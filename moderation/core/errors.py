@@ -17,6 +17,8 @@ class DomainError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
+        # Response headers that come with this error (Retry-After, WWW-Authenticate).
+        self.headers: dict[str, str] = {}
 
 
 class Unauthorized(DomainError):
@@ -45,3 +47,12 @@ class UnsupportedMediaType(DomainError):
 
 class ValidationFailed(DomainError):
     status, title, type_slug = 422, "Validation failed", "validation-failed"
+
+
+class TooManyRequests(DomainError):
+    status, title, type_slug = 429, "Too many requests", "too-many-requests"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+        self.headers["Retry-After"] = str(retry_after_s)

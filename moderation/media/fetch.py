@@ -116,7 +116,8 @@ def fetch_image(
                     continue
                 if not 200 <= response.status_code < 300:
                     raise ImageFetchError(
-                        f"{_redacted(current_url)} answered HTTP {response.status_code}"
+                        f"{_redacted(current_url)} answered HTTP {response.status_code}",
+                        transient=_is_transient_status(response.status_code),
                     )
                 return _read_capped_body(response, settings.image_max_bytes, deadline)
             except httpx.TimeoutException as exc:
@@ -147,7 +148,7 @@ class _Deadline:
         return self._ends_at - time.monotonic()
 
     def exceeded_error(self) -> ImageFetchError:
-        return ImageFetchError(f"fetch took longer than {self.seconds:g} s")
+        return ImageFetchError(f"fetch took longer than {self.seconds:g} s", transient=True)
 
     def clamp(self, timeout: float | None, on_expiry: type[Exception]) -> float:
         left = self.remaining()
@@ -192,7 +193,9 @@ def _resolve(host: str, port: int) -> tuple[IPAddress, ...]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
-        raise ImageFetchError(f"cannot resolve {host}: {exc}") from exc
+        # EAI_AGAIN: the resolver did not answer in time; "no such name" will not change.
+        transient = isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_AGAIN
+        raise ImageFetchError(f"cannot resolve {host}: {exc}", transient=transient) from exc
     addresses: list[IPAddress] = []
     for family, _type, _proto, _name, sockaddr in infos:
         if family not in (socket.AF_INET, socket.AF_INET6):
@@ -246,7 +249,9 @@ def _send_to_checked_address(
         except httpx.HTTPError as exc:
             raise _transfer_error(target.url, exc, deadline) from exc
     assert refused is not None  # _resolve never returns an empty tuple
-    raise ImageFetchError(f"cannot connect to {target.host}:{target.port}: {refused}")
+    raise ImageFetchError(
+        f"cannot connect to {target.host}:{target.port}: {refused}", transient=True
+    )
 
 
 def _redirect_location(current_url: httpx.URL, response: httpx.Response) -> httpx.URL:
@@ -279,7 +284,14 @@ def _read_capped_body(response: httpx.Response, max_bytes: int, deadline: _Deadl
 def _transfer_error(url: httpx.URL, exc: httpx.HTTPError, deadline: _Deadline) -> ImageFetchError:
     if deadline.remaining() <= 0:
         return deadline.exceeded_error()
-    return ImageFetchError(f"fetching {_redacted(url)} failed: {type(exc).__name__}: {exc}")
+    return ImageFetchError(
+        f"fetching {_redacted(url)} failed: {type(exc).__name__}: {exc}", transient=True
+    )
+
+
+def _is_transient_status(status: int) -> bool:
+    """Server errors, timeouts reported by a proxy, and rate limiting pass; the rest stays."""
+    return status >= 500 or status in (408, 425, 429)
 
 
 def _redacted(url: httpx.URL) -> str:

@@ -13,7 +13,7 @@ from moderation.database import session_scope
 from moderation.decisions.models import ReviewReason
 from moderation.decisions.rules import Outcome, decide, failure
 from moderation.media.decode import NormalizedImage, normalize_image
-from moderation.media.errors import MediaError
+from moderation.media.errors import ImageFetchError, MediaError
 from moderation.media.fetch import fetch_image
 from moderation.pipeline.runtime import PipelineRuntime
 from moderation.policies.schemas import PolicyDocument
@@ -46,6 +46,13 @@ class JudgedWork:
     calls: list[ModelCall] = field(default_factory=list)
     # An earlier verdict for the identical prompt, used instead of a model call.
     reused: Verdict | None = None
+    # The failure may pass by itself (model or image host down): worth judging again later.
+    retryable: bool = False
+
+    @property
+    def tokens(self) -> int:
+        """Model tokens these calls spent (prompt and completion), for the tenant's budget."""
+        return sum((call.input_tokens or 0) + (call.output_tokens or 0) for call in self.calls)
 
 
 def judge_content(
@@ -56,11 +63,14 @@ def judge_content(
     *,
     deadline: float,
     cache_tenant: uuid.UUID | None = None,
+    budget_exhausted: str | None = None,
 ) -> JudgedWork:
     """Everything between the stored submission and its outcome; raises only on bugs.
 
     With `cache_tenant`, an earlier verdict of that tenant for the byte-identical prompt is
-    reused instead of a model call.
+    reused instead of a model call. `budget_exhausted` (why the tenant may not spend more model
+    tokens today) stops the judgement where a model call would be needed, in review; media
+    checks and reused verdicts cost no tokens and still run.
     """
     settings = runtime.settings
     results: list[ImageResult] = []
@@ -85,6 +95,7 @@ def judge_content(
                 failure(ReviewReason(exc.reason)),
                 detail=f"image {source.position}: {exc}",
                 images=results,
+                retryable=isinstance(exc, ImageFetchError) and exc.transient,
             )
 
     model_images = [
@@ -99,11 +110,23 @@ def judge_content(
             return JudgedWork(
                 decide(verdict, policy), detail=verdict.rationale, images=results, reused=reused
             )
+    if budget_exhausted is not None:
+        return JudgedWork(
+            failure(ReviewReason.budget_exceeded), detail=budget_exhausted, images=results
+        )
     judgement = runtime.vlm.judge(policy, model_images, text, deadline=deadline)
     if judgement.failure_reason is not None or judgement.verdict is None:
-        last_error = next((c.error for c in reversed(judgement.calls) if c.error), None)
+        last_error = judgement.failure_detail or next(
+            (c.error for c in reversed(judgement.calls) if c.error), None
+        )
         reason = ReviewReason(judgement.failure_reason or "invalid_model_output")
-        return JudgedWork(failure(reason), detail=last_error, images=results, calls=judgement.calls)
+        return JudgedWork(
+            failure(reason),
+            detail=last_error,
+            images=results,
+            calls=judgement.calls,
+            retryable=reason is ReviewReason.model_unavailable,
+        )
     outcome = decide(judgement.verdict, policy)
     return JudgedWork(
         outcome, detail=judgement.verdict.rationale, images=results, calls=judgement.calls

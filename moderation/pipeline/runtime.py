@@ -1,4 +1,5 @@
-"""What a worker process holds for its whole life: settings, a connection pool, a model client."""
+"""What a worker process holds for its whole life: settings, a connection pool, a model client
+(with its circuit breaker) and the heartbeat that renews its leases."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from moderation.config import Settings, get_settings
 from moderation.database import get_sessionmaker, resolve_database_url
+from moderation.pipeline.heartbeat import WorkerHeartbeat
 from moderation.vlm.client import VLMClient
 
 # Which process did the work, for the audit trail.
@@ -21,15 +23,19 @@ class PipelineRuntime:
     settings: Settings
     sessions: sessionmaker[Session]
     vlm: VLMClient
+    heartbeat: WorkerHeartbeat
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> PipelineRuntime:
         settings = settings or get_settings()
         # Half the threads hold a connection at once at most (claim and store are short);
-        # the overflow covers bursts, so threads + relay never wait for a connection.
+        # the overflow covers bursts, so threads + relay + heartbeat never wait for a connection.
         pool = max(5, settings.vlm_max_concurrency // 2 + 1)
+        sessions = get_sessionmaker(resolve_database_url(settings), pool)
+        vlm = VLMClient(settings)
         return cls(
             settings=settings,
-            sessions=get_sessionmaker(resolve_database_url(settings), pool),
-            vlm=VLMClient(settings),
+            sessions=sessions,
+            vlm=vlm,
+            heartbeat=WorkerHeartbeat(settings, sessions, vlm, WORKER_ACTOR),
         )

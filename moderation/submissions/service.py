@@ -33,6 +33,7 @@ from moderation.submissions.schemas import (
     DecisionRead,
     ImageRead,
     PolicyRef,
+    RedriveRead,
     SubmissionCreate,
     SubmissionRead,
     SubmissionSummary,
@@ -235,6 +236,13 @@ def present_submission(session: Session, submission: Submission) -> SubmissionRe
             for image in repository.images_of(session, submission.id)
         ],
         attempts=submission.attempts,
+        redrive=RedriveRead(
+            next_at=submission.redrive_at,
+            until=submission.redrive_until,
+            redrives=submission.redrives,
+        )
+        if submission.redrive_until is not None
+        else None,
         created_at=submission.created_at,
         updated_at=submission.updated_at,
     )
