@@ -13,6 +13,8 @@ import httpx
 from PIL import Image
 
 from moderation.database import get_sessionmaker, session_scope
+from moderation.policies.service import active_version
+from moderation.submissions.models import Submission, SubmissionImage, SubmissionStatus
 from moderation.tenants.models import Role
 from moderation.tenants.service import create_api_key, create_tenant
 
@@ -73,3 +75,37 @@ def wait_for_outcome(
         if time.monotonic() > deadline:
             raise AssertionError(f"submission {submission_id} still {body['status']}")
         time.sleep(0.2)
+
+
+def insert_without_sending(
+    database_url: str,
+    tenant: TenantKeys,
+    text: str,
+    *,
+    image_url: str | None = None,
+    **fields: Any,
+) -> uuid.UUID:
+    """A submission whose task never reached the broker (crash between commit and send).
+
+    Its one image is inline unless `image_url` is given."""
+    with session_scope(get_sessionmaker(database_url)) as session:
+        submission = Submission(
+            tenant_id=tenant.tenant_id,
+            external_id=marker(),
+            payload_sha256="0" * 64,
+            text=text,
+            metadata_={},
+            policy_version_id=active_version(session, "default").id,
+            **{"status": SubmissionStatus.queued, "attempts": 0, **fields},
+        )
+        session.add(submission)
+        session.flush()
+        session.add(
+            SubmissionImage(
+                submission_id=submission.id,
+                position=0,
+                source_url=image_url,
+                source_data=None if image_url else image_bytes(),
+            )
+        )
+        return submission.id
