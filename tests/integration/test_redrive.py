@@ -104,9 +104,7 @@ def test_an_outage_review_is_hidden_then_judged_again_and_decided(
     assert names.count("processing_started") == 2
 
 
-def test_when_the_window_closes_the_submission_stays_in_review(
-    client, tenant, fake_vlm, migrated
-):
+def test_when_the_window_closes_the_submission_stays_in_review(client, tenant, fake_vlm, migrated):
     case = marker()
     fake_vlm.script(case, [fake.error(503)])
     submission_id = insert_without_sending(migrated, tenant, f"caption {case}")
@@ -152,9 +150,7 @@ def test_an_image_host_down_is_redriven_but_a_missing_image_is_not(
 
     with session_scope(get_sessionmaker(migrated)) as session:
         rows = {sid: repository.get(session, sid) for sid in (down, missing)}
-        reasons = {
-            sid: repository.decisions_of(session, sid)[-1].reason for sid in (down, missing)
-        }
+        reasons = {sid: repository.decisions_of(session, sid)[-1].reason for sid in (down, missing)}
     assert reasons == {down: "fetch_failed", missing: "fetch_failed"}
     assert rows[down] is not None and rows[down].redrive_at is not None
     assert rows[missing] is not None and rows[missing].redrive_until is None
