@@ -1,0 +1,710 @@
+"""Throughput of the real stack against a model double: ingest, pipeline, latency, tokens.
+
+One command starts everything on this machine: a PostgreSQL of its own (with
+pg_stat_statements, to count database round trips) or the one you name, Redis, the API, N
+worker processes with their relay, a model double with a fixed latency and a concurrency cap
+(benchmarks/model_double.py), and a loopback image server (benchmarks/image_server.py). An async
+load generator then runs these phases and the harness prints one table and writes JSON:
+
+  bare       a FastAPI endpoint that only answers 202, under the same server: the ceiling
+  ingest     POST /v1/submissions, text only, unique ids, no worker running
+  pipeline   N submissions with images fetched by URL, per image mix, all workers running;
+             rate against the model's bound C/L, worker CPU and database round trips per item
+  half-load  submissions paced at half the bound: end-to-end latency minus model time
+  cache      the same uploads again under new ids: no second model call
+  naive      what a user would deploy without this service's design: Celery prefork, one
+             model call per process, as many processes as cores
+
+    python -m benchmarks.throughput                       # the full run (a few minutes)
+    python -m benchmarks.throughput --count 50 --smoke    # what CI runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+QWEN25_DEFAULT_MAX_TOKENS = 12845056 // (28 * 28)  # Qwen2.5-VL's default max_pixels, in tokens
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        if not self.alive():
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+def start(name: str, argv: list[str], env: dict[str, str], workdir: Path) -> Proc:
+    log = workdir / f"{name}.log"
+    process = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+    return Proc(name, process, log)
+
+
+def wait_http(url: str, proc: Proc, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise SystemExit(f"{proc.name} exited early:\n{proc.tail()}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{proc.name}: {url} did not answer in {timeout}s\n{proc.tail()}")
+
+
+def _tree(pid: int) -> list[int]:
+    """The process and its live descendants (prefork pools run their work in children)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, frontier = [pid], [pid]
+    while frontier:
+        frontier = [c for p in frontier for c in children.get(p, [])]
+        found += frontier
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for member in _tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return total
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The largest high-water mark in the process tree (VmHWM), in MiB."""
+    peak = 0
+    for member in _tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except OSError:
+            continue
+    return round(peak / 1024, 1)
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------
+
+
+class PrivatePostgres:
+    """A throwaway server with pg_stat_statements preloaded, run as the postgres user."""
+
+    def __init__(self, workdir: Path) -> None:
+        candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+        if not candidates or shutil.which("runuser") is None:
+            raise RuntimeError("no PostgreSQL binaries to start a private server")
+        self.bin = candidates[-1].parent
+        self.dir = workdir / "pg"
+        self.dir.mkdir()
+        shutil.chown(self.dir, "postgres", "postgres")
+        self.port = free_port()
+        self._as_postgres(str(self.bin / "initdb"), "-D", str(self.dir), "-U", "postgres",
+                          "--auth=trust", "-E", "UTF8")  # fmt: skip
+        options = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=300 "
+            "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
+        )
+        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.dir), "-o", options, "-w",
+                          "-l", str(self.dir / "server.log"), "start")  # fmt: skip
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, *argv: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def stop(self) -> None:
+        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.dir), "-m", "fast", "stop")
+
+
+def new_database(server_url: str) -> str:
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+class Statements:
+    """Database round trips, from pg_stat_statements when the server has it loaded."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                conn.execute("SELECT pg_stat_statements_reset()")
+            self.available = True
+        except psycopg.Error:
+            self.available = False
+
+    def reset(self) -> None:
+        if self.available:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute("SELECT pg_stat_statements_reset()")
+
+    def calls(self) -> int | None:
+        if not self.available:
+            return None
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s "
+                "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = current_database()"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+
+# --- load ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    latencies_s: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies_s) / self.elapsed_s if self.elapsed_s else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        ms = [v * 1000 for v in self.latencies_s]
+        return {
+            "requests": len(ms),
+            "per_s": round(self.rate, 1),
+            "p50_ms": round(percentile(ms, 0.5) or 0, 1),
+            "p95_ms": round(percentile(ms, 0.95) or 0, 1),
+            "p99_ms": round(percentile(ms, 0.99) or 0, 1),
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+        }
+
+
+async def blast(
+    base: str,
+    bodies: list[dict[str, Any]],
+    headers: dict[str, str],
+    connections: int,
+    *,
+    rate: float | None = None,
+) -> Load:
+    """POST every body, with `connections` in flight, or paced at `rate` per second."""
+    load = Load()
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+
+        async def post(body: dict[str, Any]) -> None:
+            began = time.perf_counter()
+            response = await client.post("/v1/submissions", json=body, headers=headers)
+            load.latencies_s.append(time.perf_counter() - began)
+            load.statuses[response.status_code] = load.statuses.get(response.status_code, 0) + 1
+
+        started = time.perf_counter()
+        if rate is None:
+            queue = iter(bodies)
+
+            async def lane() -> None:
+                for body in queue:
+                    await post(body)
+
+            await asyncio.gather(*(lane() for _ in range(connections)))
+        else:
+            tasks = []
+            for i, body in enumerate(bodies):
+                delay = started + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(post(body)))
+            await asyncio.gather(*tasks)
+        load.elapsed_s = time.perf_counter() - started
+    return load
+
+
+BARE_APP = """
+from fastapi import FastAPI, Request, status
+
+app = FastAPI()
+
+
+@app.post("/v1/submissions", status_code=status.HTTP_202_ACCEPTED)
+async def accept(request: Request) -> dict[str, str]:
+    await request.body()
+    return {"status": "queued"}
+"""
+
+
+# --- the stack -------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    env: dict[str, str]
+    database_url: str
+    model_log: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def cli(self, *argv: str) -> dict[str, Any]:
+        out = subprocess.run(
+            [sys.executable, "-m", "moderation", *argv, "--json"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        return result
+
+    def tenant(self, name: str) -> tuple[str, dict[str, str]]:
+        tenant = self.cli("tenants", "create", name)
+        key = self.cli("keys", "create", "--tenant", str(tenant["id"]), "--role", "ingest")
+        return str(tenant["id"]), {"Authorization": f"Bearer {key['key']}"}
+
+    def launch(self, name: str, argv: list[str], extra: dict[str, str] | None = None) -> Proc:
+        proc = start(name, argv, {**self.env, **(extra or {})}, self.workdir)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+def wait_decided(url: str, tenant_id: str, count: int, timeout: float) -> float:
+    """Poll Postgres until `count` submissions of the tenant have an outcome; returns when."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM submissions WHERE tenant_id = %s "
+                "AND status IN ('decided', 'in_review')",
+                (tenant_id,),
+            ).fetchone()
+            if row and row[0] >= count:
+                return time.monotonic()
+            time.sleep(0.05)
+    raise SystemExit(f"only part of {count} submissions decided in {timeout}s")
+
+
+def outcome_figures(url: str, tenant_id: str) -> dict[str, Any]:
+    """End-to-end and added latency, sources and review reasons, read from the stored rows."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            """
+            SELECT extract(epoch FROM d.created_at - s.created_at),
+                   coalesce((SELECT sum(v.latency_ms) FROM verdicts v
+                             WHERE v.submission_id = s.id), 0) / 1000.0,
+                   d.source, d.reason,
+                   extract(epoch FROM s.created_at), extract(epoch FROM d.created_at)
+            FROM submissions s
+            JOIN LATERAL (SELECT * FROM decisions WHERE submission_id = s.id
+                          ORDER BY created_at LIMIT 1) d ON true
+            WHERE s.tenant_id = %s
+            """,
+            (tenant_id,),
+        ).fetchall()
+    e2e = [float(r[0]) for r in rows]
+    added = [float(r[0]) - float(r[1]) for r in rows]
+    sources: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    for row in rows:
+        sources[row[2]] = sources.get(row[2], 0) + 1
+        if row[3]:
+            reasons[row[3]] = reasons.get(row[3], 0) + 1
+    first_in = min((float(r[4]) for r in rows), default=0.0)
+    last_out = max((float(r[5]) for r in rows), default=0.0)
+    return {
+        "items": len(rows),
+        "rate_per_s": round(len(rows) / (last_out - first_in), 2) if rows else 0.0,
+        "e2e_p50_ms": round((percentile(e2e, 0.5) or 0) * 1000),
+        "e2e_p95_ms": round((percentile(e2e, 0.95) or 0) * 1000),
+        "added_p50_ms": round((percentile(added, 0.5) or 0) * 1000),
+        "added_p95_ms": round((percentile(added, 0.95) or 0) * 1000),
+        "sources": sources,
+        "review_reasons": reasons,
+    }
+
+
+def token_figures(url: str, tenant_id: str, model_log: Path) -> dict[str, Any]:
+    """Tokens per image by kind, and whether what the double saw matches what was predicted."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            """
+            SELECT s.external_id, i.tokens FROM submission_images i
+            JOIN submissions s ON s.id = i.submission_id
+            WHERE s.tenant_id = %s AND i.tokens IS NOT NULL
+            """,
+            (tenant_id,),
+        ).fetchall()
+    predicted: dict[str, int] = {}
+    by_kind: dict[str, list[int]] = {}
+    for external_id, tokens in rows:
+        predicted[external_id] = predicted.get(external_id, 0) + int(tokens)
+        kind = external_id.split("-")[2]
+        by_kind.setdefault(kind, []).append(int(tokens))
+    seen: dict[str, int] = {}
+    for line in model_log.read_text().splitlines():
+        record = json.loads(line)
+        match = re.search(r"upload (bench-\S+)", record["text"])
+        if match and match.group(1) in predicted:
+            seen[match.group(1)] = sum(image["tokens"] for image in record["images"])
+    compared = [key for key in seen if key in predicted]
+    return {
+        "tokens_per_image": {k: round(statistics.mean(v)) for k, v in sorted(by_kind.items())},
+        "predicted_equals_sent": sum(seen[k] == predicted[k] for k in compared),
+        "compared": len(compared),
+    }
+
+
+def prefix_figures(model_log: Path) -> dict[str, Any]:
+    records = [json.loads(line) for line in model_log.read_text().splitlines()]
+    shared = [r["shared_prefix_bytes"] for r in records[1:]]
+    total = [r["prompt_bytes"] for r in records[1:]]
+    return {
+        "model_calls": len(records),
+        "shared_prefix_bytes_p50": percentile([float(s) for s in shared], 0.5),
+        "prompt_bytes_p50": percentile([float(t) for t in total], 0.5),
+        "shared_share": round(sum(shared) / sum(total), 3) if total else None,
+    }
+
+
+def submissions_for(phase: str, kinds: list[str], count: int, image_base: str) -> list[dict]:  # type: ignore[type-arg]
+    bodies = []
+    for i in range(count):
+        kind = kinds[i % len(kinds)]
+        external_id = f"bench-{phase}-{kind}-{i}"
+        bodies.append(
+            {
+                "external_id": external_id,
+                "text": f"upload {external_id} from the load test",
+                "images": [{"url": f"{image_base}/img/{kind}/{i}"}],
+            }
+        )
+    return bodies
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="moderation-throughput-"))
+    workdir.chmod(0o755)  # the private PostgreSQL runs as the postgres user and must reach it
+    private: PrivatePostgres | None = None
+    if args.database_url:
+        server_url = args.database_url
+    else:
+        try:
+            private = PrivatePostgres(workdir)
+            server_url = private.url
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            print(f"(no private PostgreSQL: {exc}; using {args.fallback_database_url})")
+            server_url = args.fallback_database_url
+    database_url = new_database(server_url)
+    statements = Statements(database_url)
+    model_port, image_port, api_port = free_port(), free_port(), free_port()
+    model_log = workdir / "model.jsonl"
+    env = {
+        **os.environ,
+        "MODERATION_DATABASE_URL": database_url,
+        "MODERATION_BROKER_URL": args.broker_url,
+        "MODERATION_QUEUE_NAME": f"throughput-{uuid.uuid4().hex[:8]}",
+        "MODERATION_VLM_BASE_URL": f"http://127.0.0.1:{model_port}/v1",
+        "MODERATION_VLM_RESPONSE_FORMAT": "json_schema",
+        "MODERATION_FETCH_ALLOW_HOSTS": f"127.0.0.1:{image_port}",
+        "MODERATION_DATA_DIR": str(workdir / "data"),
+        "MODERATION_LOG_LEVEL": "WARNING",
+    }
+    stack = Stack(workdir, env, database_url, model_log)
+    figures: dict[str, Any] = {
+        "config": {
+            "count": args.count,
+            "model_latency_ms": args.latency_ms,
+            "model_concurrency": args.concurrency,
+            "workers": args.workers,
+            "connections": args.connections,
+            "database": "private" if private else "shared",
+            "round_trips_counted": statements.available,
+        }
+    }
+    bound = args.concurrency / (args.latency_ms / 1000)
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "moderation", "migrate"], cwd=ROOT, env=env, check=True,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        model = stack.launch(
+            "model",
+            [sys.executable, "-m", "benchmarks.model_double", "--port", str(model_port),
+             "--latency-ms", str(args.latency_ms), "--max-concurrency", str(args.concurrency),
+             "--log", str(model_log)],
+        )  # fmt: skip
+        images = stack.launch(
+            "images",
+            [sys.executable, "-m", "benchmarks.image_server", "--port", str(image_port),
+             "--count", str(args.count)],
+        )  # fmt: skip
+        wait_http(f"http://127.0.0.1:{model_port}/v1/models", model)
+        wait_http(f"http://127.0.0.1:{image_port}/ready", images, timeout=300)
+        image_base = f"http://127.0.0.1:{image_port}"
+
+        # Bare endpoint: the ceiling of this server and this load generator on this machine.
+        bare_file = workdir / "bare_app.py"
+        bare_file.write_text(BARE_APP)
+        bare_port = free_port()
+        bare = stack.launch(
+            "bare",
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(workdir), "bare_app:app",
+             "--port", str(bare_port), "--log-level", "warning", "--no-access-log"],
+        )  # fmt: skip
+        wait_http(f"http://127.0.0.1:{bare_port}/docs", bare)
+        ingest_bodies = [
+            {"external_id": f"ingest-{i}-{uuid.uuid4().hex[:6]}", "text": f"caption number {i}"}
+            for i in range(args.ingest_count)
+        ]
+        bare_load = await blast(f"http://127.0.0.1:{bare_port}", ingest_bodies, {},
+                                args.connections)  # fmt: skip
+        bare.stop()
+        figures["bare"] = bare_load.summary()
+
+        # Ingest alone: the API with no worker, so nothing else competes for the cores.
+        api_argv = [sys.executable, "-m", "moderation", "api", "--port", str(api_port)]
+        if args.api_workers > 1:
+            api_argv += ["--workers", str(args.api_workers)]
+        api = stack.launch("api", api_argv)
+        api_base = f"http://127.0.0.1:{api_port}"
+        wait_http(f"{api_base}/healthz", api)
+        ingest_tenant, ingest_headers = stack.tenant("ingest")
+        statements.reset()
+        ingest_load = await blast(api_base, ingest_bodies, ingest_headers, args.connections)
+        calls = statements.calls()
+        figures["ingest"] = ingest_load.summary() | {
+            "round_trips_per_request": round(calls / len(ingest_bodies), 2) if calls else None
+        }
+        # Those rows are queued for a worker; the relay would send them to the pipeline phase's
+        # workers and skew it, so they are marked decided out of band.
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE submissions SET status = 'decided', action = 'allow' WHERE tenant_id = %s",
+                (ingest_tenant,),
+            )
+
+        # The pipeline, per image mix.
+        per_worker = max(1, args.concurrency // args.workers)
+        workers = [
+            stack.launch(
+                f"worker{n}",
+                [sys.executable, "-m", "moderation", "worker", "--concurrency", str(per_worker)],
+            )
+            for n in range(args.workers)
+        ]
+        time.sleep(3)  # Celery's startup
+        mixes = {"vga": ["vga"], "realistic": ["phone", "screenshot", "portrait", "meme", "icon"]}
+        figures["pipeline"] = {}
+        for mix, kinds in mixes.items():
+            tenant_id, headers = stack.tenant(f"pipeline-{mix}")
+            bodies = submissions_for(mix, kinds, args.count, image_base)
+            cpu_before = sum(cpu_seconds(w.process.pid) for w in workers)
+            statements.reset()
+            await blast(api_base, bodies, headers, args.connections)
+            wait_decided(database_url, tenant_id, len(bodies), timeout=600)
+            cpu = sum(cpu_seconds(w.process.pid) for w in workers) - cpu_before
+            calls = statements.calls()
+            result = outcome_figures(database_url, tenant_id)
+            result |= {
+                "bound_per_s": round(bound, 1),
+                "ratio": round(result["rate_per_s"] / bound, 3),
+                "worker_cpu_ms_per_item": round(cpu * 1000 / len(bodies), 1),
+                "round_trips_per_item": round(calls / len(bodies), 1) if calls else None,
+            }
+            result |= token_figures(database_url, tenant_id, model_log)
+            figures["pipeline"][mix] = result
+
+        # Half the bound's load: what the service adds to each item's latency.
+        tenant_id, headers = stack.tenant("half-load")
+        half = submissions_for("half", ["vga"], max(20, args.count // 2), image_base)
+        await blast(api_base, half, headers, args.connections, rate=bound / 2)
+        wait_decided(database_url, tenant_id, len(half), timeout=600)
+        figures["half_load"] = outcome_figures(database_url, tenant_id)
+
+        # The verdict cache: identical uploads under new ids never reach the model.
+        repeat_tenant, repeat_headers = stack.tenant("cache")
+        first = submissions_for("cache", ["vga"], 20, image_base)
+        await blast(api_base, first, repeat_headers, args.connections)
+        wait_decided(database_url, repeat_tenant, len(first), timeout=120)
+        calls_before = len(model_log.read_text().splitlines())
+        again = [dict(b, external_id=b["external_id"] + "-again") for b in first]
+        await blast(api_base, again, repeat_headers, args.connections)
+        wait_decided(database_url, repeat_tenant, len(first) * 2, timeout=120)
+        figures["cache"] = {
+            "repeats": len(again),
+            "model_calls_for_repeats": len(model_log.read_text().splitlines()) - calls_before,
+            "sources": outcome_figures(database_url, repeat_tenant)["sources"],
+        }
+        figures["peak_rss_mb"] = {
+            "api": peak_rss_mb(api.process.pid),
+            "worker": max(peak_rss_mb(w.process.pid) for w in workers),
+        }
+        figures["prefix"] = prefix_figures(model_log)
+        for worker in workers:
+            worker.stop()
+
+        # The naive deployment: prefork, one call per process, as many processes as cores.
+        cores = os.cpu_count() or 2
+        naive = stack.launch(
+            "naive",
+            [sys.executable, "-m", "celery", "-A", "moderation.queue:celery_app", "worker",
+             "--pool=prefork", f"--concurrency={cores}", "--loglevel=WARNING",
+             f"--queues={env['MODERATION_QUEUE_NAME']}", "--without-gossip", "--without-mingle"],
+            {"MODERATION_VLM_MAX_CONCURRENCY": "1"},
+        )  # fmt: skip
+        time.sleep(3)
+        tenant_id, headers = stack.tenant("naive")
+        naive_count = max(8, min(args.count // 5, 80))
+        await blast(api_base, submissions_for("naive", ["vga"], naive_count, image_base),
+                    headers, args.connections)  # fmt: skip
+        wait_decided(database_url, tenant_id, naive_count, timeout=600)
+        naive.stop()
+        naive_figures = outcome_figures(database_url, tenant_id)
+        figures["naive"] = {"processes": cores, **naive_figures}
+        figures["speedup_vs_naive"] = {
+            mix: round(result["rate_per_s"] / naive_figures["rate_per_s"], 1)
+            for mix, result in figures["pipeline"].items()
+        }
+    finally:
+        stack.stop_all()
+        if private is not None:
+            private.stop()
+    return figures
+
+
+def table(figures: dict[str, Any]) -> str:
+    rows: list[tuple[str, str]] = []
+
+    def add(name: str, value: Any) -> None:
+        rows.append((name, str(value)))
+
+    config = figures["config"]
+    add("model double", f"{config['model_latency_ms']} ms, {config['model_concurrency']} in flight")
+    for name in ("bare", "ingest"):
+        load = figures[name]
+        add(f"{name} POST /s", load["per_s"])
+        add(f"{name} p50/p95/p99 ms", f"{load['p50_ms']} / {load['p95_ms']} / {load['p99_ms']}")
+    add("ingest round trips/request", figures["ingest"].get("round_trips_per_request"))
+    for mix, result in figures["pipeline"].items():
+        add(f"pipeline[{mix}] /s", f"{result['rate_per_s']} of {result['bound_per_s']} "
+                                  f"(ratio {result['ratio']})")  # fmt: skip
+        add(f"pipeline[{mix}] e2e p50/p95 ms", f"{result['e2e_p50_ms']} / {result['e2e_p95_ms']}")
+        add(f"pipeline[{mix}] worker CPU ms/item", result["worker_cpu_ms_per_item"])
+        add(f"pipeline[{mix}] db round trips/item", result["round_trips_per_item"])
+        add(f"pipeline[{mix}] tokens/image", result["tokens_per_image"])
+        add(f"pipeline[{mix}] tokens predicted = sent",
+            f"{result['predicted_equals_sent']} of {result['compared']}")  # fmt: skip
+    half = figures["half_load"]
+    add("half load added latency p50/p95 ms", f"{half['added_p50_ms']} / {half['added_p95_ms']}")
+    add("cache: model calls for repeats", figures["cache"]["model_calls_for_repeats"])
+    add("naive (prefork) /s", figures["naive"]["rate_per_s"])
+    add("speed-up vs naive", figures["speedup_vs_naive"])
+    add("peak RSS MiB api / worker", f"{figures['peak_rss_mb']['api']} / "
+                                     f"{figures['peak_rss_mb']['worker']}")  # fmt: skip
+    prefix = figures["prefix"]
+    add("prompt bytes shared with previous call",
+        f"{prefix['shared_prefix_bytes_p50']} of {prefix['prompt_bytes_p50']} (p50)")  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=600, help="submissions per image mix")
+    parser.add_argument("--ingest-count", type=int, default=None)
+    parser.add_argument("--latency-ms", type=float, default=500)
+    parser.add_argument("--concurrency", type=int, default=32, help="C: model calls in flight")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument("--api-workers", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--database-url", help="a PostgreSQL server to use instead of a private one"
+    )
+    parser.add_argument(
+        "--fallback-database-url", default="postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--smoke", action="store_true", help="small and quick, for CI")
+    parser.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
+    args = parser.parse_args()
+    if args.ingest_count is None:
+        args.ingest_count = 300 if args.smoke else 5000
+    figures = asyncio.run(run(args))
+    print(table(figures))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
