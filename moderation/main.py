@@ -12,7 +12,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from moderation.config import Settings, get_settings
 from moderation.core.limits import BodySizeLimit
-from moderation.core.problems import install_problem_handlers
+from moderation.core.problems import install_problem_handlers, problem_responses
 from moderation.core.rate_limits import RateLimiter
 from moderation.database import get_sessionmaker, resolve_database_url
 from moderation.ops.collectors import OutageCollector
@@ -57,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.request_max_bytes)
     app.include_router(ops_router)
-    app.include_router(submissions_router)
-    app.include_router(policies_router)
+    # Every authenticated route counts against its key's rate limit.
+    rate_limited = problem_responses(429)
+    app.include_router(submissions_router, responses=rate_limited)
+    app.include_router(policies_router, responses=rate_limited)
     return app

@@ -61,6 +61,7 @@ class WorkerHeartbeat:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._persistent = False
         vlm.circuit.add_listener(self._circuit_changed)
 
     @contextmanager
@@ -68,9 +69,9 @@ class WorkerHeartbeat:
         self, submission_id: uuid.UUID, lease_token: uuid.UUID, *, renew_for_s: float
     ) -> Iterator[None]:
         """Keep the lease alive while the block runs, for at most `renew_for_s` seconds."""
-        self.start()
         with self._lock:
             self._held[submission_id] = _HeldLease(lease_token, time.monotonic() + renew_for_s)
+            self._start_locked()
         try:
             yield
         finally:
@@ -84,14 +85,22 @@ class WorkerHeartbeat:
             return len(self._held)
 
     def start(self) -> None:
+        """Beat until `stop()`: a worker process's heartbeat, started with the worker.
+
+        Without it (a pipeline run inside another process: tests, tools), `hold` starts the
+        thread on demand, and it ends once it holds no lease, so an idle process neither keeps
+        a thread nor keeps reporting a circuit nobody uses.
+        """
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._stopping.clear()
-            self._thread = threading.Thread(
-                target=self._run, name="moderation-heartbeat", daemon=True
-            )
-            self._thread.start()
+            self._persistent = True
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="moderation-heartbeat", daemon=True)
+        self._thread.start()
         # The first beat goes at once: the API learns of this worker's circuit without delay.
         self._wake.set()
 
@@ -99,7 +108,9 @@ class WorkerHeartbeat:
         """Stop beating and take this worker's circuit row away (a clean shutdown)."""
         self._stopping.set()
         self._wake.set()
-        thread = self._thread
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._persistent = False
         if thread is not None:
             thread.join(timeout=10)
         try:
@@ -146,7 +157,8 @@ class WorkerHeartbeat:
             snapshot.consecutive_failures,
             snapshot.last_error,
         )
-        self.start()
+        with self._lock:
+            self._start_locked()
         self._wake.set()
 
     def _run(self) -> None:
@@ -165,3 +177,7 @@ class WorkerHeartbeat:
             except Exception as exc:
                 failures = min(failures + 1, 10)
                 logger.warning("heartbeat failed (%s: %s); retrying", type(exc).__name__, exc)
+            with self._lock:
+                if not self._persistent and not self._held:
+                    self._thread = None
+                    return

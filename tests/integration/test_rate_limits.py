@@ -42,3 +42,12 @@ def test_unauthenticated_requests_are_refused_before_any_counting(migrated):
         for _ in range(3):
             answer = api.post("/v1/policies/default/versions/1/activate")
             assert answer.status_code == 401
+
+
+def test_the_openapi_document_names_the_429(migrated):
+    with TestClient(create_app(Settings())) as api:
+        spec = api.get("/openapi.json").json()
+    post = spec["paths"]["/v1/submissions"]["post"]["responses"]["429"]
+    assert "application/problem+json" in post["content"]
+    assert "429" in spec["paths"]["/v1/policies"]["get"]["responses"]
+    assert "429" not in spec["paths"]["/healthz"]["get"]["responses"]
