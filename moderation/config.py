@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     rate_limit_review: str = "20/second"
     rate_limit_admin: str = "5/second;60/minute"
 
+    # How long a reviewer holds a claimed task before it returns to the queue, unless renewed;
+    # a claim may ask for its own length, up to review_lease_max_s.
+    review_lease_s: int = Field(default=900, ge=1)
+    review_lease_max_s: int = Field(default=4 * 3600, ge=1)
+
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
     log_level: str = "INFO"
@@ -133,6 +138,10 @@ class Settings(BaseSettings):
         if self.redrive_base_delay_s > self.redrive_max_delay_s:
             raise ValueError(
                 "MODERATION_REDRIVE_BASE_DELAY_S must not exceed MODERATION_REDRIVE_MAX_DELAY_S"
+            )
+        if self.review_lease_s > self.review_lease_max_s:
+            raise ValueError(
+                "MODERATION_REVIEW_LEASE_S must not exceed MODERATION_REVIEW_LEASE_MAX_S"
             )
         return self
 

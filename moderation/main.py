@@ -19,6 +19,9 @@ from moderation.ops.collectors import OutageCollector
 from moderation.ops.router import SubmissionCollector
 from moderation.ops.router import router as ops_router
 from moderation.policies.router import router as policies_router
+from moderation.review.metrics import ReviewCollector
+from moderation.review.router import appeals_router
+from moderation.review.router import router as review_router
 from moderation.submissions.router import router as submissions_router
 from moderation.vlm.client import VLMClient
 
@@ -36,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = CollectorRegistry()
         registry.register(SubmissionCollector(factory))
         registry.register(OutageCollector(factory, settings))
+        registry.register(ReviewCollector(factory))
         app.state.metrics_registry = registry
         app.state.rate_limiter = RateLimiter(settings)
 
@@ -61,4 +65,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     rate_limited = problem_responses(429)
     app.include_router(submissions_router, responses=rate_limited)
     app.include_router(policies_router, responses=rate_limited)
+    app.include_router(review_router, responses=rate_limited)
+    app.include_router(appeals_router, responses=rate_limited)
     return app

@@ -4,6 +4,7 @@ from moderation.audit.models import AuditEvent
 from moderation.core.models import Base
 from moderation.decisions.models import Decision
 from moderation.policies.models import Policy, PolicyVersion
+from moderation.review.models import ReviewTask
 from moderation.submissions.models import Submission, SubmissionImage, Verdict
 from moderation.tenants.models import ApiKey, Tenant, TenantTokenUsage
 from moderation.vlm.models import ModelCircuit
@@ -16,6 +17,7 @@ __all__ = [
     "ModelCircuit",
     "Policy",
     "PolicyVersion",
+    "ReviewTask",
     "Submission",
     "SubmissionImage",
     "Tenant",

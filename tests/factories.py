@@ -7,16 +7,23 @@ import io
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
 from PIL import Image
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from moderation.database import get_sessionmaker, session_scope
+from moderation.decisions.models import Action, Decision, DecisionSource, ReviewReason
+from moderation.decisions.rules import Outcome
+from moderation.decisions.service import record_decision
 from moderation.policies.service import active_version
-from moderation.submissions.models import Submission, SubmissionImage, SubmissionStatus
+from moderation.review.models import ReviewTask, TaskStatus
+from moderation.submissions.models import Submission, SubmissionImage, SubmissionStatus, Verdict
 from moderation.tenants.models import Role
-from moderation.tenants.service import create_api_key, create_tenant
+from moderation.tenants.service import Principal, create_api_key, create_tenant
 
 
 @dataclass(frozen=True)
@@ -109,3 +116,174 @@ def insert_without_sending(
             )
         )
         return submission.id
+
+
+def make_api_key(database_url: str, tenant_id: uuid.UUID, role: str, name: str | None) -> str:
+    """Another key of a tenant, e.g. a second reviewer with a name of their own."""
+    with session_scope(get_sessionmaker(database_url)) as session:
+        return create_api_key(session, tenant_id, Role(role), name=name).secret
+
+
+# Session-level rows, for service tests that run without HTTP or a worker.
+
+
+def make_principal(
+    session: Session, tenant_id: uuid.UUID, role: str = "reviewer", name: str | None = None
+) -> Principal:
+    issued = create_api_key(session, tenant_id, Role(role), name=name)
+    return Principal(tenant_id=tenant_id, role=Role(role), key_id=issued.key.id, name=name)
+
+
+def make_tenant_row(session: Session, name: str = "acme") -> uuid.UUID:
+    return create_tenant(session, name).id
+
+
+def make_submission(
+    session: Session,
+    tenant_id: uuid.UUID,
+    *,
+    text: str | None = "a caption",
+    images: int = 1,
+    policy: str = "default",
+    status: SubmissionStatus = SubmissionStatus.processing,
+) -> Submission:
+    """A submission as the worker leaves it just before deciding: images normalized."""
+    version = active_version(session, policy)
+    submission = Submission(
+        tenant_id=tenant_id,
+        external_id=marker(),
+        payload_sha256=uuid.uuid4().hex * 2,
+        text=text,
+        metadata_={},
+        policy_version_id=version.id,
+        status=status,
+        attempts=1,
+    )
+    session.add(submission)
+    session.flush()
+    for position in range(images):
+        session.add(
+            SubmissionImage(
+                submission_id=submission.id,
+                position=position,
+                data=b"\xff\xd8fake",
+                sha256=uuid.uuid4().hex * 2,
+                width=28,
+                height=28,
+                mime="image/jpeg",
+            )
+        )
+    session.flush()
+    return submission
+
+
+def make_verdict(
+    session: Session, submission: Submission, parsed: dict[str, Any], *, model: str = "fake-vl"
+) -> Verdict:
+    verdict = Verdict(
+        submission_id=submission.id,
+        policy_version_id=submission.policy_version_id,
+        attempt=1,
+        sequence=0,
+        model=model,
+        prompt_sha256="0" * 64,
+        raw_output=None,
+        parsed=parsed,
+        latency_ms=12,
+    )
+    session.add(verdict)
+    session.flush()
+    return verdict
+
+
+def make_review_task(
+    session: Session,
+    tenant_id: uuid.UUID,
+    *,
+    categories: list[dict[str, Any]] | None = None,
+    reason: ReviewReason = ReviewReason.below_threshold,
+    source: DecisionSource = DecisionSource.model,
+    policy: str = "default",
+) -> ReviewTask:
+    """A submission sent to review the way the pipeline does it, through record_decision."""
+    submission = make_submission(session, tenant_id, policy=policy)
+    categories = [] if categories is None else categories
+    if categories:
+        violations = [
+            {
+                "category": c["category"],
+                "severity": c["severity"],
+                "confidence": c.get("confidence", 0.5),
+                "source": "image",
+                "image": 0,
+                "rationale": f"looks like {c['category']}",
+            }
+            for c in categories
+        ]
+        make_verdict(
+            session,
+            submission,
+            {"rating": "unsafe", "confidence": 0.5, "violations": violations, "rationale": "?"},
+        )
+    record_decision(session, submission, Outcome(Action.review, reason, categories), source=source)
+    return waiting_task(session, submission.id)
+
+
+def make_decided_submission(
+    session: Session,
+    tenant_id: uuid.UUID,
+    action: Action = Action.block,
+    categories: list[dict[str, Any]] | None = None,
+) -> tuple[Submission, Decision]:
+    submission = make_submission(session, tenant_id)
+    categories = [{"category": "violence", "severity": 3}] if categories is None else categories
+    decision = record_decision(
+        session, submission, Outcome(action, categories=categories), source=DecisionSource.model
+    )
+    return submission, decision
+
+
+def waiting_task(session: Session, submission_id: uuid.UUID) -> ReviewTask:
+    task = session.scalars(
+        select(ReviewTask).where(
+            ReviewTask.submission_id == submission_id,
+            ReviewTask.status.in_([TaskStatus.open, TaskStatus.claimed]),
+        )
+    ).one()
+    return task
+
+
+def age_task(session: Session, task_id: uuid.UUID, *, created_ago: float, due_in: float) -> None:
+    """Move a task's clock: created `created_ago` seconds back, due `due_in` seconds from now."""
+    session.execute(
+        update(ReviewTask)
+        .where(ReviewTask.id == task_id)
+        .values(
+            created_at=func.now() - timedelta(seconds=created_ago),
+            due_at=func.now() + timedelta(seconds=due_in),
+        )
+    )
+
+
+def expire_lease(session: Session, task_id: uuid.UUID) -> None:
+    """Let a claim's lease run out without waiting for it."""
+    session.execute(
+        update(ReviewTask)
+        .where(ReviewTask.id == task_id)
+        .values(lease_expires_at=func.now() - timedelta(seconds=1))
+    )
+
+
+def hold_task(session: Session, task_id: uuid.UUID, principal: Principal) -> None:
+    """Give one particular task to a reviewer, as if their claim had picked it."""
+    session.execute(
+        update(ReviewTask)
+        .where(ReviewTask.id == task_id)
+        .values(
+            status=TaskStatus.claimed,
+            claimed_by_key_id=principal.key_id,
+            claimed_by_name=principal.name,
+            claimed_at=func.now(),
+            lease_expires_at=func.now() + timedelta(hours=1),
+        )
+    )

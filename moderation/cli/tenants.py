@@ -73,14 +73,16 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> None:
 
     tenant_id = _tenant_id(args.tenant)
     with session_scope(sessions(settings)) as session:
-        issued = create_api_key(session, tenant_id, Role(args.role))
+        issued = create_api_key(session, tenant_id, Role(args.role), name=args.name)
         payload = {
             "id": issued.key.id,
             "tenant_id": tenant_id,
             "role": args.role,
+            "name": issued.key.name,
             "key": issued.secret,
         }
-    emit(args, payload, f"{args.role} key (shown once, store it now): {issued.secret}")
+    holder = f" for {issued.key.name}" if issued.key.name else ""
+    emit(args, payload, f"{args.role} key{holder} (shown once, store it now): {issued.secret}")
 
 
 def register(commands: Any) -> None:
@@ -119,3 +121,7 @@ def register(commands: Any) -> None:
     create_key = add_command(keys, "create", cmd_keys_create, "create an API key", json_flag=True)
     create_key.add_argument("--tenant", required=True, help="tenant id")
     create_key.add_argument("--role", required=True, choices=["ingest", "reviewer", "admin"])
+    create_key.add_argument(
+        "--name",
+        help="who holds the key, e.g. a reviewer's name; audit trails and reports show it",
+    )

@@ -20,6 +20,32 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None
 
 
+def encode_position(*values: str | int) -> str:
+    """A cursor for any keyset: the sort values of the last row a page returned."""
+    raw = json.dumps(list(values)).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_position(cursor: str, size: int) -> list[str | int]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        values = json.loads(base64.urlsafe_b64decode(padded))
+    except (ValueError, TypeError) as exc:
+        raise _invalid_cursor() from exc
+    if not isinstance(values, list) or len(values) != size:
+        raise _invalid_cursor()
+    if not all(isinstance(value, str | int) for value in values):
+        raise _invalid_cursor()
+    return values
+
+
+def _invalid_cursor() -> ValidationFailed:
+    return ValidationFailed(
+        "cursor is not one this API returned",
+        errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
+    )
+
+
 def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
     raw = json.dumps([created_at.isoformat(), str(row_id)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")

@@ -1,11 +1,13 @@
 """Recording a decision: the one place that changes what a submission's outcome is.
 
-A decision, its audit event and the notice to the tenant are written in the caller's
-transaction, so either all of them exist or none does.
+A decision, its audit event, the notice to the tenant and, for `review`, the task a reviewer
+will claim are written in the caller's transaction, so either all of them exist or none does.
+Whoever records a decision (worker, relay, reviewer) gets the review task without asking.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -13,6 +15,9 @@ from sqlalchemy.orm import Session
 from moderation.audit.service import record_event
 from moderation.decisions.models import Action, Decision, DecisionSource, ReviewReason
 from moderation.decisions.rules import Outcome, failure
+from moderation.policies.service import document_for_version
+from moderation.review import repository as review_tasks
+from moderation.review.models import ReviewTask, TaskKind, TaskStatus, max_severity, task_priority
 from moderation.submissions.models import Submission, SubmissionStatus
 
 
@@ -50,7 +55,53 @@ def record_decision(
         data["reason"] = outcome.reason.value
     record_event(session, submission.tenant_id, submission.id, event, actor or "system", data)
     session.flush()
+    _settle_review_tasks(session, submission, decision, source)
     return decision
+
+
+def _settle_review_tasks(
+    session: Session, submission: Submission, decision: Decision, source: DecisionSource
+) -> None:
+    """A new decision makes any task still waiting on the submission moot; a `review` decision
+    opens the task that puts the submission in front of a reviewer.
+
+    Decisions own this step, and write the task through the review room's repository, because
+    every path to `review` passes here; the review room, which records reviewers' decisions
+    through `record_decision`, is the one that imports this module, never the other way round.
+    A reviewer's own task is marked decided before this runs, so it is not cancelled here.
+    """
+    for waiting in review_tasks.lock_active_tasks(session, submission.id):
+        waiting.status = TaskStatus.cancelled
+        waiting.lease_expires_at = None
+        record_event(
+            session,
+            submission.tenant_id,
+            submission.id,
+            "review_cancelled",
+            "system",
+            {"task": str(waiting.id), "kind": waiting.kind.value, "superseded_by": source.value},
+        )
+    session.flush()
+    if decision.action is not Action.review:
+        return
+    policy = document_for_version(session, submission.policy_version_id)
+    review_tasks.add_task(
+        session,
+        ReviewTask(
+            tenant_id=submission.tenant_id,
+            submission_id=submission.id,
+            kind=TaskKind.review,
+            status=TaskStatus.open,
+            priority=task_priority(TaskKind.review, decision.categories),
+            reason=decision.reason,
+            source=source.value,
+            policy_version_id=submission.policy_version_id,
+            categories=decision.categories,
+            max_severity=max_severity(decision.categories),
+            decision_id=decision.id,
+        ),
+        due_in=timedelta(minutes=policy.review_sla_minutes),
+    )
 
 
 def finish_without_judging(

@@ -11,6 +11,18 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 CategoryId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Severity = Annotated[int, Field(ge=1, le=4)]
 
+# How long an item may wait for a reviewer before it counts as late: a day, the usual promise of
+# a trust & safety team to its users. Appeals and escalations keep the same clock.
+DEFAULT_REVIEW_SLA_MINUTES = 24 * 60
+ReviewSlaMinutes = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=30 * 24 * 60,
+        description="Minutes an item may wait in the review queue before its SLA is breached.",
+    ),
+]
+
 DEFAULT_SEVERITY_SCALE: dict[int, str] = {
     1: "mild: borderline or low-harm content that some audiences may not want to see",
     2: "moderate: clearly within the category but limited in harm, reach or intent",
@@ -58,6 +70,7 @@ class PolicyDocument(BaseModel):
     title: str = Field(min_length=1)
     instructions: str = Field(min_length=1)
     min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
+    review_sla_minutes: ReviewSlaMinutes = DEFAULT_REVIEW_SLA_MINUTES
     severity_scale: dict[Severity, str] = Field(
         default_factory=lambda: dict(DEFAULT_SEVERITY_SCALE)
     )
@@ -118,6 +131,7 @@ class PolicyDraft(BaseModel):
     title: str = Field(min_length=1)
     instructions: str = Field(min_length=1)
     min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
+    review_sla_minutes: ReviewSlaMinutes = DEFAULT_REVIEW_SLA_MINUTES
     severity_scale: dict[Severity, str] = Field(
         default_factory=lambda: dict(DEFAULT_SEVERITY_SCALE)
     )

@@ -61,4 +61,6 @@ class ApiKey(UUIDKey, CreatedAt, Base):
     # Only a hash is stored: the key is shown once, at creation.
     key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
+    # Who holds the key: the reviewer named in audit trails, claims and reports.
+    name: Mapped[str | None] = mapped_column(String(100))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -19,14 +19,18 @@ KEY_PREFIX = "mk_"
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: one tenant, one role."""
+    """Who is calling: one tenant, one role, and the person's name where the key has one."""
 
     tenant_id: uuid.UUID
     role: Role
     key_id: uuid.UUID
+    name: str | None = None
 
     @property
     def actor(self) -> str:
+        """How the audit trail names the caller: the person first, the key that proves it."""
+        if self.name:
+            return f"{self.name} (key:{self.key_id})"
         return f"key:{self.key_id}"
 
 
@@ -106,12 +110,21 @@ def _checked_budget(budget: int | None) -> int | None:
     return budget
 
 
-def create_api_key(session: Session, tenant_id: uuid.UUID, role: Role) -> IssuedKey:
+def create_api_key(
+    session: Session, tenant_id: uuid.UUID, role: Role, *, name: str | None = None
+) -> IssuedKey:
     if repository.get_tenant(session, tenant_id) is None:
         raise NotFound(f"tenant {tenant_id} does not exist")
+    name = name.strip() if name else None
+    if name is not None and not 1 <= len(name) <= 100:
+        raise ValidationFailed("a key's name must be 1 to 100 characters")
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
-        tenant_id=tenant_id, role=role, key_sha256=hash_api_key(secret), prefix=secret[:11]
+        tenant_id=tenant_id,
+        role=role,
+        key_sha256=hash_api_key(secret),
+        prefix=secret[:11],
+        name=name,
     )
     return IssuedKey(key=repository.add_api_key(session, key), secret=secret)
 
@@ -125,7 +138,7 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
     key = repository.find_live_key(session, hash_api_key(secret.strip()))
     if key is None:
         raise Unauthorized("unknown or revoked API key")
-    return Principal(tenant_id=key.tenant_id, role=key.role, key_id=key.id)
+    return Principal(tenant_id=key.tenant_id, role=key.role, key_id=key.id, name=key.name)
 
 
 def require_role(principal: Principal, allowed: frozenset[Role]) -> None:

@@ -91,6 +91,12 @@ def test_an_outage_review_is_hidden_then_judged_again_and_decided(
     assert waiting["decision"]["reason"] == "model_unavailable"
     assert waiting["redrive"]["next_at"] is not None and waiting["redrive"]["redrives"] == 0
     assert awaiting_redrive(migrated, submission_id)
+    reviewer = tenant.headers("reviewer")
+    hidden = client.get("/v1/review/queue", headers=reviewer).json()
+    assert hidden["items"] == [] and hidden["total"] == 0
+    asked = client.get("/v1/review/queue", params={"include_redrive": "true"}, headers=reviewer)
+    [task] = asked.json()["items"]
+    assert task["submission"]["id"] == str(submission_id)
 
     # The running worker's relay re-drives it when due; the model is back by then.
     result = wait_until(client, submission_id, tenant, lambda body: body["status"] == "decided")
@@ -98,7 +104,10 @@ def test_an_outage_review_is_hidden_then_judged_again_and_decided(
     assert [d["reason"] for d in result["decisions"]] == ["model_unavailable", None]
     assert result["redrive"] is None
     assert not awaiting_redrive(migrated, submission_id)
+    after = client.get("/v1/review/queue", params={"include_redrive": "true"}, headers=reviewer)
+    assert after.json()["items"] == []
     names = event_names(migrated, submission_id)
+    assert "review_cancelled" in names  # the decision made the waiting task moot
     assert names.index("review_required") < names.index("redrive_scheduled")
     assert names.index("redrive_scheduled") < names.index("redriven") < names.index("decided")
     assert names.count("processing_started") == 2

@@ -1,8 +1,8 @@
 """Re-drive schedule on submissions, daily token budgets, published model circuit states.
 
 Revision ID: 0003_resilience
-Revises: 0002
-Create Date: 2026-11-24 12:00:00.000000+00:00
+Revises: 0003_review
+Create Date: 2026-11-24 23:30:00.000000+00:00
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003_resilience"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003_review"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
