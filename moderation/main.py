@@ -12,7 +12,8 @@ from prometheus_client.registry import CollectorRegistry
 
 from moderation.config import Settings, get_settings
 from moderation.core.limits import BodySizeLimit
-from moderation.core.problems import install_problem_handlers, problem_responses
+from moderation.core.openapi import install_openapi, operation_id
+from moderation.core.problems import install_problem_handlers
 from moderation.core.rate_limits import RateLimiter
 from moderation.database import get_sessionmaker, resolve_database_url
 from moderation.ops.collectors import OutageCollector
@@ -38,8 +39,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = factory
         registry = CollectorRegistry()
         registry.register(SubmissionCollector(factory))
-        registry.register(OutageCollector(factory, settings))
         registry.register(ReviewCollector(factory))
+        registry.register(OutageCollector(factory, settings))
         app.state.metrics_registry = registry
         app.state.rate_limiter = RateLimiter(settings)
 
@@ -57,14 +58,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Content moderation with visual context, on your own rubrics and your own model.",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     install_problem_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.request_max_bytes)
     app.include_router(ops_router)
-    # Every authenticated route counts against its key's rate limit.
-    rate_limited = problem_responses(429)
-    app.include_router(submissions_router, responses=rate_limited)
-    app.include_router(policies_router, responses=rate_limited)
-    app.include_router(review_router, responses=rate_limited)
-    app.include_router(appeals_router, responses=rate_limited)
+    app.include_router(submissions_router)
+    app.include_router(policies_router)
+    app.include_router(review_router)
+    app.include_router(appeals_router)
     return app

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from moderation.cli import policies, run, tenants
+from moderation.cli import audit, policies, run, tenants
 from moderation.cli.base import CommandFailed, configure_logging, logger
 from moderation.config import get_settings
 from moderation.core.errors import DomainError
 
-COMMAND_GROUPS = (run, tenants, policies)
+COMMAND_GROUPS = (run, tenants, policies, audit)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from moderation.core.errors import ValidationFailed
 
@@ -17,7 +17,10 @@ T = TypeVar("T")
 
 class Page(BaseModel, Generic[T]):
     items: list[T]
-    next_cursor: str | None
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last page",
+        examples=["WyIyMDI2LTExLTI0VDEwOjE1OjAyLjQ4WiIsICI3ZDBjNmY0ZSJd"],
+    )
 
 
 def encode_position(*values: str | int) -> str:

@@ -21,8 +21,12 @@ from moderation.vlm.service import circuit_summary
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
+@router.get(
+    "/healthz",
+    responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+)
 def healthz() -> dict[str, str]:
+    """Alive: the process answers. Says nothing about its dependencies (see /readyz)."""
     return {"status": "ok"}
 
 
@@ -43,7 +47,51 @@ def _check(name: str, probe: Callable[[], bool]) -> dict[str, Any]:
     return result
 
 
-@router.get("/readyz")
+_READINESS_SCHEMA = {
+    "type": "object",
+    "required": ["status", "checks"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ready", "not_ready"]},
+        "checks": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "ok", "ms"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "ok": {"type": "boolean"},
+                    "ms": {"type": "integer"},
+                    "error": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+def _readiness(ok: bool) -> dict[str, Any]:
+    model = {"name": "model", "ok": ok, "ms": 12 if ok else 2001}
+    if not ok:
+        model["error"] = "APITimeoutError: Request timed out."
+    return {
+        "description": "ready" if ok else "a dependency does not answer",
+        "content": {
+            "application/json": {
+                "schema": _READINESS_SCHEMA,
+                "example": {
+                    "status": "ready" if ok else "not_ready",
+                    "checks": [
+                        {"name": "database", "ok": True, "ms": 2},
+                        {"name": "broker", "ok": True, "ms": 3},
+                        model,
+                    ],
+                },
+            }
+        },
+    }
+
+
+@router.get("/readyz", responses={200: _readiness(True), 503: _readiness(False)})
 def readyz(request: Request) -> JSONResponse:
     """Ready when the database, the broker and the model endpoint all answer."""
     factory: sessionmaker[Session] = request.app.state.sessionmaker
@@ -126,7 +174,21 @@ class SubmissionCollector(Collector):
         yield oldest
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {
+                "text/plain": {
+                    "schema": {"type": "string"},
+                    "example": 'moderation_submissions{status="decided",action="allow"} 42.0\n',
+                }
+            },
+        }
+    },
+)
 def metrics(request: Request) -> Response:
     registry: CollectorRegistry = request.app.state.metrics_registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -8,6 +8,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from moderation.policies import examples
+
 CategoryId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Severity = Annotated[int, Field(ge=1, le=4)]
 
@@ -32,7 +34,9 @@ DEFAULT_SEVERITY_SCALE: dict[int, str] = {
 
 
 class CategoryExample(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"examples": [examples.CATEGORY_EXAMPLE]}
+    )
 
     content: str = Field(min_length=1, description="What the upload shows or says.")
     severity: Severity | None = Field(
@@ -41,7 +45,9 @@ class CategoryExample(BaseModel):
 
 
 class PolicyCategory(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"examples": [examples.CATEGORY]}
+    )
 
     id: CategoryId
     name: str = Field(min_length=1)
@@ -63,7 +69,9 @@ class PolicyCategory(BaseModel):
 class PolicyDocument(BaseModel):
     """One immutable version of a policy rubric."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"examples": [examples.DOCUMENT]}
+    )
 
     slug: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")]
     version: int = Field(ge=1)
@@ -95,6 +103,8 @@ class PolicyDocument(BaseModel):
 
 
 class PolicyVersionRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.VERSION]})
+
     id: UUID
     slug: str
     version: int
@@ -105,6 +115,8 @@ class PolicyVersionRead(BaseModel):
 
 
 class PolicyRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.POLICY]})
+
     slug: str
     title: str
     active_version: int | None
@@ -113,6 +125,8 @@ class PolicyRead(BaseModel):
 
 
 class PolicyVersionSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.VERSION_SUMMARY]})
+
     version: int
     active: bool
     content_sha256: str
@@ -120,13 +134,15 @@ class PolicyVersionSummary(BaseModel):
 
 
 class PolicyWithVersions(PolicyRead):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.POLICY_WITH_VERSIONS]})
+
     versions: list[PolicyVersionSummary]
 
 
 class PolicyDraft(BaseModel):
     """A new version's rubric; slug and version number come from the URL and the server."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [examples.DRAFT]})
 
     title: str = Field(min_length=1)
     instructions: str = Field(min_length=1)

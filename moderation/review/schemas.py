@@ -293,8 +293,10 @@ class ReviewTaskRead(BaseModel):
 
 
 class ReviewQueuePage(Page[ReviewTaskRead]):
-    total: int = Field(description="Waiting tasks that match the filters, on every page.")
-    sla_breached: int = Field(description="How many of them are past their due time.")
+    total: int = Field(
+        description="Waiting tasks that match the filters, on every page.", examples=[42]
+    )
+    sla_breached: int = Field(description="How many of them are past their due time.", examples=[3])
 
 
 class ClaimResult(BaseModel):

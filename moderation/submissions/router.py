@@ -12,10 +12,12 @@ from starlette.datastructures import UploadFile
 
 from moderation.config import Settings
 from moderation.core.errors import UnsupportedMediaType, ValidationFailed
+from moderation.core.openapi import documented_model
 from moderation.core.pagination import Page
+from moderation.core.problems import problem_responses
 from moderation.database import DbSession
 from moderation.decisions.models import Action
-from moderation.submissions import service
+from moderation.submissions import examples, service
 from moderation.submissions.models import SubmissionStatus
 from moderation.submissions.schemas import (
     AuditEventRead,
@@ -27,19 +29,6 @@ from moderation.submissions.schemas import (
 from moderation.tenants.dependencies import Ingest, IngestOrReviewer, Reviewer
 
 router = APIRouter(prefix="/v1/submissions", tags=["submissions"])
-
-_MULTIPART_SCHEMA = {
-    "type": "object",
-    "required": ["external_id"],
-    "properties": {
-        "external_id": {"type": "string"},
-        "text": {"type": "string"},
-        "policy": {"type": "string"},
-        "callback_url": {"type": "string"},
-        "metadata": {"type": "string", "description": "a JSON object, as a string"},
-        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-    },
-}
 
 
 def _validation_problem(exc: ValidationError, where: str) -> ValidationFailed:
@@ -123,16 +112,18 @@ async def _read_multipart(request: Request, settings: Settings) -> service.NewSu
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=SubmissionAccepted,
-    responses={200: {"model": SubmissionAccepted, "description": "already submitted"}},
+    responses={
+        200: {"model": SubmissionAccepted, "description": "already submitted: the same payload"},
+        **problem_responses(409, 415),
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": {"$ref": "#/components/schemas/SubmissionCreate"},
-                    "example": SubmissionCreate.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
+                    "schema": documented_model(SubmissionCreate),
                 },
-                "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+                "multipart/form-data": {"schema": examples.MULTIPART_FORM},
             },
         }
     },
@@ -192,10 +183,20 @@ def get_submission(
     return service.read_submission(session, principal, submission_id)
 
 
-@router.get("/{submission_id}/images/{position}", response_class=Response)
+@router.get(
+    "/{submission_id}/images/{position}",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the normalized image: what the model and the reviewer see",
+            "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
 def get_submission_image(
     submission_id: uuid.UUID, position: int, session: DbSession, principal: Reviewer
 ) -> Response:
+    """One image of a submission, after decoding, metadata stripping and resizing."""
     data, mime = service.normalized_image(session, principal, submission_id, position)
     return Response(content=data, media_type=mime, headers={"Cache-Control": "private"})
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from moderation.decisions.models import Action, DecisionSource, ReviewReason
+from moderation.submissions import examples
 from moderation.submissions.models import SubmissionStatus
 
 METADATA_MAX_BYTES = 16 * 1024
@@ -16,7 +17,15 @@ METADATA_MAX_BYTES = 16 * 1024
 class ImageInput(BaseModel):
     """An image by URL (fetched by the worker) or inline as base64 (optionally a data: URL)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"url": "https://media.example.com/u/8f14e45f.jpg"},
+                {"data": examples.INLINE_IMAGE},
+            ]
+        },
+    )
 
     url: AnyHttpUrl | None = Field(default=None, max_length=4096)
     data: str | None = Field(default=None, description="base64, or a data:image/...;base64, URL")
@@ -30,17 +39,7 @@ class ImageInput(BaseModel):
 
 class SubmissionCreate(BaseModel):
     model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "external_id": "upload-8f14e45f",
-                    "text": "Sunset at the lake with friends",
-                    "images": [{"url": "https://media.example.com/u/8f14e45f.jpg"}],
-                    "metadata": {"user_id": "u-123", "surface": "profile"},
-                }
-            ]
-        },
+        extra="forbid", json_schema_extra={"examples": [examples.SUBMISSION_CREATE]}
     )
 
     external_id: str = Field(min_length=1, max_length=256)
@@ -68,18 +67,24 @@ class SubmissionCreate(BaseModel):
 
 
 class SubmissionAccepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.SUBMISSION_ACCEPTED]})
+
     id: uuid.UUID
     external_id: str
     status: SubmissionStatus
 
 
 class CategoryRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.CATEGORY]})
+
     category: str
     severity: int
     confidence: float | None = None
 
 
 class DecisionRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.DECISION]})
+
     action: Action
     source: DecisionSource
     reason: ReviewReason | None = Field(description="why the item went to review, if it did")
@@ -90,6 +95,8 @@ class DecisionRead(BaseModel):
 
 
 class ViolationRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.VIOLATION]})
+
     category: str
     severity: int
     confidence: float
@@ -100,6 +107,8 @@ class ViolationRead(BaseModel):
 
 class VerdictRead(BaseModel):
     """One model call: the verdict when it parsed, and its full provenance either way."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.VERDICT]})
 
     rating: Literal["safe", "unsafe"] | None
     confidence: float | None
@@ -127,6 +136,8 @@ class VerdictRead(BaseModel):
 
 
 class ImageRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.IMAGE]})
+
     position: int
     source_url: str | None
     sha256: str | None
@@ -139,6 +150,8 @@ class ImageRead(BaseModel):
 
 
 class PolicyRef(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.POLICY_REF]})
+
     slug: str
     version: int
 
@@ -155,6 +168,8 @@ class RedriveRead(BaseModel):
 
 
 class SubmissionRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.SUBMISSION]})
+
     id: uuid.UUID
     external_id: str
     status: SubmissionStatus
@@ -173,6 +188,8 @@ class SubmissionRead(BaseModel):
 
 
 class SubmissionSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.SUBMISSION_SUMMARY]})
+
     id: uuid.UUID
     external_id: str
     status: SubmissionStatus
@@ -182,8 +199,19 @@ class SubmissionSummary(BaseModel):
 
 
 class AuditEventRead(BaseModel):
+    """One link of the submission's tamper-evident chain of events."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.AUDIT_EVENT]})
+
     id: int
+    seq: int = Field(description="position in the submission's chain, from 1")
     event: str
     actor: str
     data: dict[str, Any]
     created_at: datetime
+    prev_sha256: str | None = Field(
+        description="sha256 of the event before this one in the chain; null for the first"
+    )
+    sha256: str = Field(
+        description="sha256 over this event's canonical form, which includes prev_sha256"
+    )

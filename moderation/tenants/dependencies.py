@@ -1,5 +1,8 @@
 """Bearer-key authentication for routers: one dependency per set of roles.
 
+Each dependency is a `RoleRequirement`, so the OpenAPI document knows which routes need a key
+and which roles they admit without any declaration on the route itself.
+
 Each dependency also counts the request against the key's rate limit for its class of route:
 ingest for ingest-only routes, review for reviewer routes, admin for admin routes, and read for
 routes several roles share (status polling, policy reads).
@@ -7,11 +10,11 @@ routes several roles share (status polling, policy reads).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from moderation.core.openapi import RoleRequirement
 from moderation.core.rate_limits import RateLimiter, RouteClass
 from moderation.database import DbSession
 from moderation.tenants import service
@@ -31,11 +34,17 @@ def route_class_for(roles: frozenset[Role]) -> RouteClass:
     return RouteClass.read
 
 
-def principal_with(*roles: Role, route_class: RouteClass | None = None) -> Callable[..., Principal]:
-    allowed = frozenset(roles)
-    limit_class = route_class or route_class_for(allowed)
+class RequireRoles(RoleRequirement):
+    """Authenticate the caller's key, count the request against the key's rate limit, and admit
+    the key if its role is one of `roles` (or admin)."""
 
-    def dependency(
+    def __init__(self, *roles: Role, route_class: RouteClass | None = None) -> None:
+        self.allowed = frozenset(roles)
+        self.roles = frozenset(role.value for role in roles)
+        self.route_class = route_class or route_class_for(self.allowed)
+
+    def __call__(
+        self,
         request: Request,
         session: DbSession,
         authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -44,11 +53,13 @@ def principal_with(*roles: Role, route_class: RouteClass | None = None) -> Calla
         # Counted before the role check: a key hammering routes it may not use is still load.
         limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
         if limiter is not None:
-            limiter.check(limit_class, str(principal.key_id))
-        service.require_role(principal, allowed)
+            limiter.check(self.route_class, str(principal.key_id))
+        service.require_role(principal, self.allowed)
         return principal
 
-    return dependency
+
+def principal_with(*roles: Role, route_class: RouteClass | None = None) -> RequireRoles:
+    return RequireRoles(*roles, route_class=route_class)
 
 
 Ingest = Annotated[Principal, Depends(principal_with(Role.ingest))]
