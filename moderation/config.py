@@ -71,6 +71,30 @@ class Settings(BaseSettings):
     relay_interval_s: float = Field(default=5.0, gt=0)
     relay_grace_s: float = Field(default=30.0, ge=0)
     max_attempts: int = Field(default=3, ge=1, le=20)
+    # The sweeper looks for due jobs (callback attempts among them) this often, and runs up to
+    # `job_concurrency` of them at once per worker process.
+    job_poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    job_concurrency: int = Field(default=4, ge=1, le=64)
+
+    # Callbacks. The first attempt is immediate; after a failure, the next one waits the next
+    # delay of this list, in seconds: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (8 attempts over
+    # about 27.5 hours). Comma-separated in the environment; empty means no retries.
+    webhook_retry_schedule_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        max_length=50,
+    )
+    # Each retry waits up to this fraction longer, so receivers that come back are not hit by
+    # every sender's backlog in the same second.
+    webhook_retry_jitter: float = Field(default=0.1, ge=0, le=1)
+    webhook_connect_timeout_s: float = Field(default=5.0, gt=0)
+    # The whole attempt: connect, send, and the receiver's answer (the delivery's lease in the
+    # job table outlasts it).
+    webhook_timeout_s: float = Field(default=15.0, gt=0, le=60)
+    # Callback hosts that may be called although private ("host:port", like the fetch list);
+    # kept apart so that a media store open to fetches does not also take tenants' POSTs.
+    callback_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # How long a rotated secret keeps working (signing both ways) unless told otherwise.
+    secret_rotation_overlap_hours: float = Field(default=24.0, ge=0, le=24 * 30)
 
     # Re-drive: a submission sent to review because the model or an image host was down is
     # judged again by itself, with exponential backoff, for this long after its first failure;
@@ -104,7 +128,21 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8080, ge=1, le=65535)
     log_level: str = "INFO"
 
-    @field_validator("fetch_allow_hosts", mode="before")
+    @field_validator("webhook_retry_schedule_s", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_retry_schedule_s")
+    @classmethod
+    def _schedule_is_sane(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("retry delays cannot be negative")
+        return value
+
+    @field_validator("fetch_allow_hosts", "callback_allow_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
         """`host:port` entries, trimmed and lowercased, from a comma-separated string or a list."""
@@ -142,6 +180,10 @@ class Settings(BaseSettings):
         if self.review_lease_s > self.review_lease_max_s:
             raise ValueError(
                 "MODERATION_REVIEW_LEASE_S must not exceed MODERATION_REVIEW_LEASE_MAX_S"
+            )
+        if self.webhook_connect_timeout_s > self.webhook_timeout_s:
+            raise ValueError(
+                "MODERATION_WEBHOOK_CONNECT_TIMEOUT_S must not exceed MODERATION_WEBHOOK_TIMEOUT_S"
             )
         return self
 

@@ -25,6 +25,8 @@ from moderation.review.router import appeals_router
 from moderation.review.router import router as review_router
 from moderation.submissions.router import router as submissions_router
 from moderation.vlm.client import VLMClient
+from moderation.webhooks.metrics import WebhookCollector
+from moderation.webhooks.router import router as webhooks_router
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = CollectorRegistry()
         registry.register(SubmissionCollector(factory))
         registry.register(ReviewCollector(factory))
+        registry.register(WebhookCollector(factory))
         registry.register(OutageCollector(factory, settings))
         app.state.metrics_registry = registry
         app.state.rate_limiter = RateLimiter(settings)
@@ -68,4 +71,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(policies_router)
     app.include_router(review_router)
     app.include_router(appeals_router)
+    app.include_router(webhooks_router)
     return app

@@ -3,17 +3,26 @@
 from moderation.audit.models import AuditEvent
 from moderation.core.models import Base
 from moderation.decisions.models import Decision
+from moderation.jobs.models import Job
 from moderation.policies.models import Policy, PolicyVersion
 from moderation.review.models import ReviewTask
 from moderation.submissions.models import Submission, SubmissionImage, Verdict
 from moderation.tenants.models import ApiKey, Tenant, TenantTokenUsage
 from moderation.vlm.models import ModelCircuit
+from moderation.webhooks.models import (
+    InboundWebhook,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 __all__ = [
     "ApiKey",
     "AuditEvent",
     "Base",
     "Decision",
+    "InboundWebhook",
+    "Job",
     "ModelCircuit",
     "Policy",
     "PolicyVersion",
@@ -23,4 +32,7 @@ __all__ = [
     "Tenant",
     "TenantTokenUsage",
     "Verdict",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

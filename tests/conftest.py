@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.fakes.callback_receiver import CallbackReceiver
 from tests.fakes.fake_vlm import FakeVLMServer
 from tests.fakes.image_server import ImageServer
 
@@ -129,11 +130,18 @@ def image_server() -> Iterator[ImageServer]:
 
 
 @pytest.fixture(scope="session")
+def callback_receiver() -> Iterator[CallbackReceiver]:
+    with CallbackReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
 def service_env(
     database_url: str,
     broker_url: str,
     fake_vlm: FakeVLMServer,
     image_server: ImageServer,
+    callback_receiver: CallbackReceiver,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
     """The environment of the API and worker under test; short timeouts keep failures quick."""
@@ -155,6 +163,13 @@ def service_env(
         "MODERATION_LEASE_S": "6",
         # Tests script model failures one after another; only breaker tests should trip it.
         "MODERATION_VLM_BREAKER_FAILURES": "50",
+        # Callbacks go to a loopback receiver, retried within seconds instead of hours.
+        "MODERATION_CALLBACK_ALLOW_HOSTS": f"127.0.0.1:{callback_receiver.port}",
+        "MODERATION_WEBHOOK_RETRY_SCHEDULE_S": "0.5,1,1.5",
+        "MODERATION_WEBHOOK_RETRY_JITTER": "0",
+        "MODERATION_WEBHOOK_TIMEOUT_S": "3",
+        "MODERATION_WEBHOOK_CONNECT_TIMEOUT_S": "2",
+        "MODERATION_JOB_POLL_INTERVAL_S": "0.2",
         "MODERATION_LOG_LEVEL": "INFO",
         # A queue of this run's own, so runs sharing a Redis never take each other's tasks.
         "MODERATION_QUEUE_NAME": f"moderation-test-{uuid.uuid4().hex[:8]}",

@@ -32,20 +32,32 @@ class TenantKeys:
     ingest: str
     reviewer: str
     admin: str
+    webhook_secret: str = ""
+    inbound_secret: str | None = None
 
     def headers(self, role: str = "ingest") -> dict[str, str]:
         return {"Authorization": f"Bearer {getattr(self, role)}"}
 
 
-def make_tenant(database_url: str, name: str = "acme") -> TenantKeys:
+def make_tenant(
+    database_url: str,
+    name: str = "acme",
+    *,
+    callback_url: str | None = None,
+    inbound_signing: bool = False,
+) -> TenantKeys:
     with session_scope(get_sessionmaker(database_url)) as session:
-        tenant = create_tenant(session, name)
+        tenant = create_tenant(
+            session, name, callback_url=callback_url, inbound_signing=inbound_signing
+        )
         keys = {role: create_api_key(session, tenant.id, role).secret for role in Role}
     return TenantKeys(
         tenant_id=tenant.id,
         ingest=keys[Role.ingest],
         reviewer=keys[Role.reviewer],
         admin=keys[Role.admin],
+        webhook_secret=tenant.webhook_secret,
+        inbound_secret=tenant.inbound_secret,
     )
 
 

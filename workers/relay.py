@@ -1,52 +1,69 @@
-"""The relay: a thread in every worker process that re-sends work the broker lost, and
-re-drives submissions that an outage sent to review.
+"""The sweeper thread of every worker process: re-sends lost work, re-drives what an outage
+sent to review, and runs due jobs.
 
 Redis without persistence forgets messages on restart, kombu's SQL transport never gives back a
 message whose consumer died, and a process can crash between commit and send. Postgres knows
-what is still undecided, so a periodic sweep closes all three gaps. An advisory lock keeps
-concurrent sweeps from several workers out of each other's way.
+what is still undecided, so a periodic sweep closes all three gaps (an advisory lock keeps the
+sweeps of several workers out of each other's way). The same loop runs the `jobs` table's due
+work, callback attempts among it, whose schedules live in Postgres for the same reasons: see
+`moderation.jobs`.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
+from moderation.jobs.service import JobContext, JobKind
+from moderation.jobs.sweeper import PeriodicSweep, Sweeper
 from moderation.pipeline.redrive import redrive_due_submissions
 from moderation.pipeline.relay import requeue_stalled_submissions
+from moderation.webhooks.delivery import DELIVER_EVENT
 from workers.tasks.moderation import runtime
 
-logger = logging.getLogger(__name__)
+# Every kind of job this worker can run; a room that adds one lists it here.
+JOB_KINDS: list[JobKind] = [DELIVER_EVENT]
 
 _stop = threading.Event()
+_sweeper: Sweeper | None = None
 
 
-def _relay_loop() -> None:
-    interval = runtime().settings.relay_interval_s
-    failures = 0
-    # After failed sweeps (database unreachable) wait longer each time, up to a minute, and
-    # resume the normal pace with the first sweep that works.
-    while not _stop.wait(min(interval * 2**failures, max(interval, 60.0))):
-        try:
-            count = requeue_stalled_submissions(runtime())
-            if count:
-                logger.info("relay re-queued %d stalled submissions", count)
-            redriven = redrive_due_submissions(runtime())
-            if redriven:
-                logger.info("relay re-drove %d submissions that an outage sent to review", redriven)
-            failures = 0
-        except Exception as exc:
-            failures = min(failures + 1, 6)
-            logger.warning("relay sweep failed (%s: %s); backing off", type(exc).__name__, exc)
+def build_sweeper() -> Sweeper:
+    settings = runtime().settings
+    return Sweeper(
+        JobContext(settings=settings, sessions=runtime().sessions),
+        kinds=JOB_KINDS,
+        sweeps=[
+            PeriodicSweep(
+                "re-sent stalled submissions",
+                lambda: requeue_stalled_submissions(runtime()),
+                settings.relay_interval_s,
+            ),
+            PeriodicSweep(
+                "re-drove submissions an outage sent to review",
+                lambda: redrive_due_submissions(runtime()),
+                settings.relay_interval_s,
+            ),
+        ],
+        concurrency=settings.job_concurrency,
+    )
+
+
+def _sweep_loop(sweeper: Sweeper) -> None:
+    sweeper.run_until(_stop, runtime().settings.job_poll_interval_s)
+    sweeper.close()
 
 
 @worker_ready.connect
 def start_relay(**_: Any) -> None:
+    global _sweeper
     _stop.clear()
-    threading.Thread(target=_relay_loop, name="moderation-relay", daemon=True).start()
+    _sweeper = build_sweeper()
+    threading.Thread(
+        target=_sweep_loop, args=(_sweeper,), name="moderation-sweeper", daemon=True
+    ).start()
 
 
 @worker_shutdown.connect

@@ -13,7 +13,10 @@ from moderation.config import Settings
 def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> None:
     from moderation.database import session_scope
     from moderation.tenants.service import create_tenant
+    from moderation.webhooks.service import check_callback_url
 
+    if args.callback_url is not None:
+        check_callback_url(args.callback_url, settings, field="--callback-url")
     with session_scope(sessions(settings)) as session:
         tenant = create_tenant(
             session,
@@ -35,6 +38,43 @@ def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> None:
     emit(args, payload, "\n".join(lines))
 
 
+def _tenant_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError as exc:
+        raise CommandFailed(f"--tenant must be a tenant id (a UUID), got {raw!r}") from exc
+
+
+def cmd_tenants_rotate_secret(args: argparse.Namespace, settings: Settings) -> None:
+    from datetime import timedelta
+
+    from moderation.database import session_scope
+    from moderation.tenants.service import rotate_secret
+
+    tenant_id = _tenant_id(args.tenant)
+    hours = (
+        settings.secret_rotation_overlap_hours if args.overlap_hours is None else args.overlap_hours
+    )
+    if hours < 0:
+        raise CommandFailed("--overlap-hours cannot be negative")
+    with session_scope(sessions(settings)) as session:
+        rotated = rotate_secret(
+            session, tenant_id, inbound=args.inbound, overlap=timedelta(hours=hours)
+        )
+    which = "inbound_secret" if args.inbound else "webhook_secret"
+    payload = {
+        "id": tenant_id,
+        "secrets": {which: rotated.secret},
+        "previous_valid_until": rotated.previous_valid_until,
+    }
+    until = (
+        f"the previous one keeps working until {rotated.previous_valid_until.isoformat()}"
+        if rotated.previous_valid_until
+        else "the previous one stopped working now"
+    )
+    emit(args, payload, f"new {which}: {rotated.secret}\n{until}")
+
+
 def cmd_tenants_budget(args: argparse.Namespace, settings: Settings) -> None:
     from moderation.database import session_scope
     from moderation.tenants.service import set_daily_token_budget, token_budget
@@ -47,13 +87,6 @@ def cmd_tenants_budget(args: argparse.Namespace, settings: Settings) -> None:
     payload = {"id": tenant_id, "daily_token_budget": budget, "tokens_today": used}
     limit = "unlimited" if budget is None else f"{budget} tokens a day"
     emit(args, payload, f"tenant {tenant_id}: {limit} ({used} used today, UTC)")
-
-
-def _tenant_id(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError as exc:
-        raise CommandFailed(f"--tenant must be a tenant id (a UUID), got {value!r}") from exc
 
 
 def _token_count(value: str) -> int:
@@ -114,6 +147,26 @@ def register(commands: Any) -> None:
     amount = budget.add_mutually_exclusive_group(required=True)
     amount.add_argument("--daily-tokens", type=_token_count, metavar="TOKENS")
     amount.add_argument("--unlimited", action="store_true", help="remove the budget")
+
+    rotate = add_command(
+        tenants,
+        "rotate-secret",
+        cmd_tenants_rotate_secret,
+        "issue a new signing secret; the old one keeps working during the overlap",
+        json_flag=True,
+    )
+    rotate.add_argument("--tenant", required=True, help="tenant id")
+    rotate.add_argument(
+        "--inbound",
+        action="store_true",
+        help="rotate the secret that signs submissions (default: the one that signs callbacks)",
+    )
+    rotate.add_argument(
+        "--overlap-hours",
+        type=float,
+        help="how long the old secret keeps working (default 24, or "
+        "MODERATION_SECRET_ROTATION_OVERLAP_HOURS)",
+    )
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
         dest="action", required=True

@@ -49,6 +49,12 @@ class ValidationFailed(DomainError):
     status, title, type_slug = 422, "Validation failed", "validation-failed"
 
 
+class BadRequest(DomainError):
+    """The request cannot even be read (a malformed header, say), before any field is checked."""
+
+    status, title, type_slug = 400, "Bad request", "bad-request"
+
+
 class TooManyRequests(DomainError):
     status, title, type_slug = 429, "Too many requests", "too-many-requests"
 

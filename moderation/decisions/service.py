@@ -1,8 +1,9 @@
 """Recording a decision: the one place that changes what a submission's outcome is.
 
-A decision, its audit event, the notice to the tenant and, for `review`, the task a reviewer
-will claim are written in the caller's transaction, so either all of them exist or none does.
-Whoever records a decision (worker, relay, reviewer) gets the review task without asking.
+A decision, its audit event, the callback event to the tenant and, for `review`, the task
+a reviewer will claim are written in the caller's transaction, so either all of them exist
+or none does. Every kind of decision (model, system, reviewer, appeal) passes through here,
+so every one reaches the tenant's receiver, and every `review` gets its task unasked.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from moderation.policies.service import document_for_version
 from moderation.review import repository as review_tasks
 from moderation.review.models import ReviewTask, TaskKind, TaskStatus, max_severity, task_priority
 from moderation.submissions.models import Submission, SubmissionStatus
+from moderation.webhooks.service import DecisionNotice, notify_decision
 
 
 def record_decision(
@@ -56,6 +58,24 @@ def record_decision(
     record_event(session, submission.tenant_id, submission.id, event, actor or "system", data)
     session.flush()
     _settle_review_tasks(session, submission, decision, source)
+    policy = document_for_version(session, submission.policy_version_id)
+    notify_decision(
+        session,
+        DecisionNotice(
+            tenant_id=submission.tenant_id,
+            submission_id=submission.id,
+            external_id=submission.external_id,
+            callback_url=submission.callback_url,
+            action=decision.action.value,
+            source=decision.source.value,
+            reason=decision.reason,
+            categories=list(decision.categories),
+            decided_at=decision.created_at,
+            actor=decision.actor,
+            policy_slug=policy.slug,
+            policy_version=policy.version,
+        ),
+    )
     return decision
 
 

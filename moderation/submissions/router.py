@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -27,6 +28,7 @@ from moderation.submissions.schemas import (
     SubmissionSummary,
 )
 from moderation.tenants.dependencies import Ingest, IngestOrReviewer, Reviewer
+from moderation.webhooks import service as webhooks
 
 router = APIRouter(prefix="/v1/submissions", tags=["submissions"])
 
@@ -40,7 +42,8 @@ def _validation_problem(exc: ValidationError, where: str) -> ValidationFailed:
 
 
 async def _read_json(request: Request, settings: Settings) -> service.NewSubmission:
-    # BodySizeLimit (main.py) has already capped how much of this can arrive.
+    # BodySizeLimit (main.py) has already capped how much of this can arrive; the bytes were
+    # read (and their signature checked) before parsing, and Starlette keeps them.
     body = await request.body()
 
     def parse() -> service.NewSubmission:
@@ -130,9 +133,23 @@ async def _read_multipart(request: Request, settings: Settings) -> service.NewSu
 )
 async def create_submission(
     request: Request, response: Response, session: DbSession, principal: Ingest
-) -> SubmissionAccepted:
+) -> SubmissionAccepted | JSONResponse:
     """Accept an upload for moderation; the decision follows by callback or polling."""
     settings: Settings = request.app.state.settings
+    # A tenant that signs its submissions has the raw bytes verified before anything is parsed.
+    signed = await run_in_threadpool(
+        webhooks.check_signed_submission,
+        session,
+        principal.tenant_id,
+        request.headers,
+        await request.body(),
+    )
+    if signed.repeat_of is not None:
+        return JSONResponse(
+            signed.repeat_of.body,
+            status_code=signed.repeat_of.status_code,
+            headers={"Location": f"/v1/submissions/{signed.repeat_of.body['id']}"},
+        )
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         new = await _read_json(request, settings)
@@ -148,9 +165,20 @@ async def create_submission(
     if not created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/v1/submissions/{submission.id}"
-    return SubmissionAccepted(
+    accepted = SubmissionAccepted(
         id=submission.id, external_id=submission.external_id, status=submission.status
     )
+    if signed.webhook_id is not None:
+        await run_in_threadpool(
+            webhooks.remember_answer,
+            session,
+            principal.tenant_id,
+            signed.webhook_id,
+            submission_id=submission.id,
+            status_code=response.status_code or status.HTTP_202_ACCEPTED,
+            body=accepted.model_dump(mode="json"),
+        )
+    return accepted
 
 
 @router.get("", response_model=Page[SubmissionSummary])

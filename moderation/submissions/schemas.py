@@ -49,7 +49,14 @@ class SubmissionCreate(BaseModel):
     policy: str | None = Field(
         default=None, max_length=64, description="policy slug; default 'default'"
     )
-    callback_url: AnyHttpUrl | None = Field(default=None, max_length=2048)
+    # Kept as written: URL parsers "repair" forms like `http:///x` into another host, and the
+    # checks at ingest must see what the client sent.
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="where to POST the signed decision events; the tenant's URL when absent",
+        json_schema_extra={"format": "uri"},
+    )
 
     @field_validator("metadata")
     @classmethod

@@ -40,6 +40,7 @@ from moderation.submissions.schemas import (
     VerdictRead,
 )
 from moderation.tenants.service import Principal
+from moderation.webhooks.service import check_callback_url
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,8 @@ def create_submission(
     session: Session, principal: Principal, new: NewSubmission, settings: Settings
 ) -> tuple[Submission, bool]:
     """Store the submission and queue its moderation; (submission, created)."""
+    if new.callback_url is not None:
+        check_callback_url(new.callback_url, settings)
     if len(new.images) > settings.image_max_count:
         raise ValidationFailed(
             f"at most {settings.image_max_count} images per submission",

@@ -25,6 +25,12 @@ class Tenant(UUIDKey, CreatedAt, Base):
     webhook_secret: Mapped[str] = mapped_column(String(200))
     # When set, inbound submissions must carry a valid Standard Webhooks signature.
     inbound_secret: Mapped[str | None] = mapped_column(String(200))
+    # After a rotation the replaced secret keeps working until the overlap ends: callbacks are
+    # signed with both, and inbound signatures made with either are accepted.
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(200))
+    previous_webhook_secret_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    previous_inbound_secret: Mapped[str | None] = mapped_column(String(200))
+    previous_inbound_secret_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Model tokens (prompt + completion) the tenant may spend per UTC day; None is unlimited.
     # Past it, submissions that would need a model call go to review (`budget_exceeded`).
     daily_token_budget: Mapped[int | None] = mapped_column(BigInteger)

@@ -18,8 +18,10 @@ def add_tenant(session: Session, tenant: Tenant) -> Tenant:
     return tenant
 
 
-def get_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant | None:
-    return session.get(Tenant, tenant_id)
+def get_tenant(
+    session: Session, tenant_id: uuid.UUID, *, for_update: bool = False
+) -> Tenant | None:
+    return session.get(Tenant, tenant_id, with_for_update=for_update)
 
 
 def add_api_key(session: Session, key: ApiKey) -> ApiKey:

@@ -7,10 +7,12 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from moderation.core.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from moderation.core.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
+from moderation.core.time import utcnow
 from moderation.tenants import repository
 from moderation.tenants.models import ApiKey, Role, Tenant
 
@@ -108,6 +110,80 @@ def _checked_budget(budget: int | None) -> int | None:
     if budget is not None and not 0 <= budget <= 2**62:
         raise ValidationFailed(f"a daily token budget is a count of tokens, got {budget}")
     return budget
+
+
+@dataclass(frozen=True)
+class RotatedSecret:
+    secret: str
+    previous_valid_until: datetime | None
+
+
+def rotate_secret(
+    session: Session, tenant_id: uuid.UUID, *, inbound: bool, overlap: timedelta
+) -> RotatedSecret:
+    """Issue a new signing secret; the one it replaces keeps working for `overlap`.
+
+    During the overlap callbacks carry a signature made with each secret, and inbound
+    submissions signed with either are accepted, so both sides can switch at their own pace.
+    Rotating again during an overlap retires the oldest secret at once.
+    """
+    tenant = repository.get_tenant(session, tenant_id, for_update=True)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id} does not exist")
+    until = utcnow() + overlap if overlap > timedelta() else None
+    secret = new_webhook_secret()
+    if inbound:
+        if tenant.inbound_secret is None:
+            raise Conflict(
+                f"tenant {tenant_id} does not sign its submissions; there is no inbound secret"
+            )
+        tenant.previous_inbound_secret = tenant.inbound_secret if until else None
+        tenant.previous_inbound_secret_until = until
+        tenant.inbound_secret = secret
+    else:
+        tenant.previous_webhook_secret = tenant.webhook_secret if until else None
+        tenant.previous_webhook_secret_until = until
+        tenant.webhook_secret = secret
+    session.flush()
+    return RotatedSecret(secret=secret, previous_valid_until=until)
+
+
+def outbound_signing_secrets(tenant: Tenant, now: datetime) -> list[str]:
+    """The secrets a callback is signed with now: the current one, and the previous one during
+    its overlap."""
+    return _live_secrets(
+        tenant.webhook_secret,
+        tenant.previous_webhook_secret,
+        tenant.previous_webhook_secret_until,
+        now,
+    )
+
+
+def inbound_signing_secrets(tenant: Tenant, now: datetime) -> list[str]:
+    """The secrets an inbound signature may be made with; empty when none is required."""
+    if tenant.inbound_secret is None:
+        return []
+    return _live_secrets(
+        tenant.inbound_secret,
+        tenant.previous_inbound_secret,
+        tenant.previous_inbound_secret_until,
+        now,
+    )
+
+
+def _live_secrets(
+    current: str, previous: str | None, previous_until: datetime | None, now: datetime
+) -> list[str]:
+    if previous and previous_until and now < previous_until:
+        return [current, previous]
+    return [current]
+
+
+def get_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant:
+    tenant = repository.get_tenant(session, tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id} does not exist")
+    return tenant
 
 
 def create_api_key(

@@ -10,12 +10,19 @@ from typing import Any
 class ImageServer:
     def __init__(self) -> None:
         self.files: dict[str, tuple[bytes, str]] = {}
+        self.redirects: dict[str, str] = {}
         self.hits: dict[str, int] = {}
-        files, hits = self.files, self.hits
+        files, redirects, hits = self.files, self.redirects, self.hits
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 hits[self.path] = hits.get(self.path, 0) + 1
+                if self.path in redirects:
+                    self.send_response(302)
+                    self.send_header("Location", redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path not in files:
                     self.send_error(404)
                     return
@@ -38,6 +45,10 @@ class ImageServer:
 
     def put(self, path: str, body: bytes, content_type: str = "image/jpeg") -> str:
         self.files[path] = (body, content_type)
+        return self.url(path)
+
+    def redirect(self, path: str, location: str) -> str:
+        self.redirects[path] = location
         return self.url(path)
 
     def __enter__(self) -> ImageServer:

@@ -32,6 +32,7 @@ Adding a route is one row:
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -117,6 +118,9 @@ ROUTES = [
         "POST", "/v1/review/tasks/{task_id}/decision", REVIEWER, ok={200, 409},
         body=lambda _: {"action": "allow", "categories": []},
     ),
+    Route("GET", "/v1/webhooks/deliveries", ADMIN, cross_tenant=False, lists="delivery_id"),
+    Route("GET", "/v1/webhooks/endpoints", ADMIN, cross_tenant=False),
+    Route("POST", "/v1/webhooks/deliveries/{delivery_id}/redeliver", ADMIN, ok={202, 409}),
     Route(
         "POST", "/v1/submissions/{submission_id}/appeals", INGEST, ok={201, 409},
         body=lambda _: {"reason": "this is my own artwork"},
@@ -178,7 +182,30 @@ def make_review_task(world: World, tenant: TenantKeys) -> str:
     return str(task["id"])
 
 
+def make_delivery(world: World, tenant: TenantKeys) -> str:
+    """A callback delivery: a decided submission that named a callback URL has one."""
+    case = marker()
+    world.fake_vlm.script(case, [fake.verdict(fake.safe_verdict())])
+    receiver = os.environ["MODERATION_CALLBACK_ALLOW_HOSTS"].split(",")[0]
+    accepted = world.http.post(
+        "/v1/submissions",
+        json={"external_id": case, "text": case, "callback_url": f"http://{receiver}/matrix"},
+        headers=tenant.headers("ingest"),
+    )
+    assert accepted.status_code == 202, accepted.text
+    submission_id = accepted.json()["id"]
+    wait_for_outcome(world.http, submission_id, tenant.headers("ingest"))
+    deliveries = world.http.get(
+        "/v1/webhooks/deliveries",
+        params={"submission": submission_id},
+        headers=tenant.headers("admin"),
+    )
+    assert deliveries.status_code == 200, deliveries.text
+    return str(deliveries.json()["items"][0]["id"])
+
+
 OBJECT_MAKERS: dict[str, Callable[[World, TenantKeys], str]] = {
+    "delivery_id": make_delivery,
     "submission_id": make_submission,
     "task_id": make_review_task,
     "position": lambda world, tenant: "0",

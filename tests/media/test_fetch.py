@@ -127,6 +127,11 @@ _ROUTES: dict[str, Callable[[_Handler], None]] = {
     "/redirect/mapped-metadata": lambda h: h.redirect("http://[::ffff:169.254.169.254]/"),
     "/redirect/ftp": lambda h: h.redirect(f"ftp://127.0.0.1:{_server_port(h)}/image.png"),
     "/redirect/file": lambda h: h.redirect("file:///etc/passwd"),
+    "/redirect/data": lambda h: h.redirect("data:image/png;base64,iVBORw0KGgo="),
+    "/redirect/data-short": lambda h: h.redirect("data:,x"),
+    "/redirect/javascript": lambda h: h.redirect("javascript:alert(1)"),
+    "/redirect/bad-idna": lambda h: h.redirect("https://xn--/"),
+    "/redirect/bad-port": lambda h: h.redirect("http://example.com:99999/"),
     "/redirect/loop": lambda h: h.redirect("/redirect/loop"),
     "/redirect/without-location": lambda h: h.redirect(""),
     "/redirect/with-cookie": lambda h: h.redirect(
@@ -291,12 +296,32 @@ def test_refuses_redirects_to_internal_addresses_before_connecting(
     assert paths(server) == [start]
 
 
-@pytest.mark.parametrize("start", ["/redirect/ftp", "/redirect/file"])
+@pytest.mark.parametrize(
+    "start",
+    [
+        "/redirect/ftp",
+        "/redirect/file",
+        "/redirect/data",
+        "/redirect/data-short",
+        "/redirect/javascript",
+    ],
+)
 def test_refuses_redirects_to_other_schemes(
     server: _RecordingServer, port: int, start: str
 ) -> None:
     with pytest.raises(ImageFetchError, match="scheme"):
         fetch_image(f"http://127.0.0.1:{port}{start}", make_settings(f"127.0.0.1:{port}"))
+
+
+@pytest.mark.parametrize("start", ["/redirect/bad-idna", "/redirect/bad-port"])
+def test_a_redirect_to_an_unusable_url_is_a_fetch_failure(
+    server: _RecordingServer, port: int, start: str
+) -> None:
+    with pytest.raises(ImageFetchError) as caught:
+        fetch_image(f"http://127.0.0.1:{port}{start}", make_settings(f"127.0.0.1:{port}"))
+
+    assert caught.value.reason == "fetch_failed"
+    assert paths(server) == [start]
 
 
 def test_stops_after_the_configured_number_of_redirects(

@@ -1,0 +1,1 @@
+"""Requests this service makes to addresses chosen by tenants: image fetches and callbacks."""
