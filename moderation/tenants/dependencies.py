@@ -4,8 +4,9 @@ Each dependency is a `RoleRequirement`, so the OpenAPI document knows which rout
 and which roles they admit without any declaration on the route itself.
 
 Each dependency also counts the request against the key's rate limit for its class of route:
-ingest for ingest-only routes, review for reviewer routes, admin for admin routes, and read for
-routes several roles share (status polling, policy reads).
+ingest for ingest-only routes, review for reviewer routes, admin for changes on admin routes,
+and read for routes several roles share (status polling, policy reads) and for admins' reads
+(deliveries, reports), which a dashboard may poll.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from moderation.tenants import service
 from moderation.tenants.models import Role
 from moderation.tenants.service import Principal
 
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 _SINGLE_ROLE_CLASSES = {
     Role.ingest: RouteClass.ingest,
     Role.reviewer: RouteClass.review,
@@ -53,7 +55,10 @@ class RequireRoles(RoleRequirement):
         # Counted before the role check: a key hammering routes it may not use is still load.
         limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
         if limiter is not None:
-            limiter.check(self.route_class, str(principal.key_id))
+            route_class = self.route_class
+            if route_class is RouteClass.admin and request.method in _READS:
+                route_class = RouteClass.read
+            limiter.check(route_class, str(principal.key_id))
         service.require_role(principal, self.allowed)
         return principal
 

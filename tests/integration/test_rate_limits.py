@@ -51,3 +51,16 @@ def test_the_openapi_document_names_the_429(migrated):
     assert "application/problem+json" in post["content"]
     assert "429" in spec["paths"]["/v1/policies"]["get"]["responses"]
     assert "429" not in spec["paths"]["/healthz"]["get"]["responses"]
+
+
+def test_an_admins_reads_are_not_held_to_the_admin_write_limit(migrated):
+    settings = Settings(rate_limit_admin="1/minute")
+    tenant = make_tenant(migrated, "dashboard")
+    with TestClient(create_app(settings)) as api:
+        reads = [
+            api.get("/v1/webhooks/deliveries", headers=tenant.headers("admin")) for _ in range(5)
+        ]
+        activate = "/v1/policies/no-such-policy/versions/1/activate"
+        writes = [api.post(activate, headers=tenant.headers("admin")) for _ in range(2)]
+    assert {read.status_code for read in reads} == {200}
+    assert [write.status_code for write in writes] == [404, 429]
