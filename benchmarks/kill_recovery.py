@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from moderation.config import get_settings
 from moderation.database import get_sessionmaker, session_scope
 from moderation.queue import MODERATE_SUBMISSION, celery_app
-from moderation.schema_migrations import load_shipped_policies, upgrade_schema
+from moderation.schema_migrations import upgrade_schema
 from moderation.vlm.repository import live_circuits
 from tests.factories import insert_without_sending, make_tenant
 from tests.fakes.fake_vlm import FakeVLMServer
@@ -91,9 +91,7 @@ def run(args: argparse.Namespace, database_url: str) -> int:
     url = database_url.replace("postgresql://", "postgresql+psycopg://", 1)
     upgrade_schema(url)
     sessions = get_sessionmaker(url)
-    with session_scope(sessions) as session:
-        load_shipped_policies(session)
-    tenant = make_tenant(url, "recovery")
+    tenant = make_tenant(url, "recovery")  # with its own copy of the shipped policies
 
     with (
         FakeVLMServer(latency_s=args.latency_ms / 1000) as fake,

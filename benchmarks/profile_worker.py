@@ -42,7 +42,7 @@ def main() -> int:
         from moderation.pipeline.moderate import moderate_submission
         from moderation.pipeline.runtime import PipelineRuntime
         from moderation.policies.service import active_version
-        from moderation.schema_migrations import load_shipped_policies, upgrade_schema
+        from moderation.schema_migrations import upgrade_schema
         from moderation.submissions.models import Submission, SubmissionImage, SubmissionStatus
         from moderation.tenants.service import create_tenant
 
@@ -53,9 +53,8 @@ def main() -> int:
         Image.new("RGB", (800, 600), (10, 20, 30)).save(buffer, format="JPEG", quality=85)
         ids = []
         with session_scope(runtime.sessions) as session:
-            load_shipped_policies(session)
             tenant = create_tenant(session, "profile")
-            version_id = active_version(session, "default").id
+            version_id = active_version(session, tenant.id, "default").id
             for i in range(args.count + 1):
                 submission = Submission(
                     tenant_id=tenant.id,

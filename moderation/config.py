@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # Reuse an earlier verdict for a byte-identical prompt (same normalized images, caption,
     # policy version and model) instead of asking the model again.
     verdict_cache: bool = True
+    # Model calls a tenant's shadow policy versions may make per UTC day; past it, live traffic
+    # is decided as usual and the shadow run is skipped (and counted). 0 turns shadows off.
+    shadow_daily_call_cap: int = Field(default=1000, ge=0)
     # Qwen2/2.5-VL merge 2x2 patches of 14 px (28 px per token); Qwen3-VL uses 16 px (32).
     # None means "infer from the model name".
     vlm_patch_unit: Literal[28, 32] | None = None

@@ -19,6 +19,7 @@ from moderation.database import get_sessionmaker, resolve_database_url
 from moderation.ops.collectors import OutageCollector
 from moderation.ops.router import SubmissionCollector
 from moderation.ops.router import router as ops_router
+from moderation.policies.metrics import ShadowCollector
 from moderation.policies.router import router as policies_router
 from moderation.review.metrics import ReviewCollector
 from moderation.review.router import appeals_router
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = factory
         registry = CollectorRegistry()
         registry.register(SubmissionCollector(factory))
+        registry.register(ShadowCollector(factory))
         registry.register(ReviewCollector(factory))
         registry.register(WebhookCollector(factory))
         registry.register(OutageCollector(factory, settings))

@@ -2,9 +2,9 @@
 
 from moderation.audit.models import AuditEvent
 from moderation.core.models import Base
-from moderation.decisions.models import Decision
+from moderation.decisions.models import Decision, ShadowOutcome
 from moderation.jobs.models import Job
-from moderation.policies.models import Policy, PolicyVersion
+from moderation.policies.models import Policy, PolicyVersion, ShadowUsage
 from moderation.review.models import ReviewTask
 from moderation.submissions.models import Submission, SubmissionImage, Verdict
 from moderation.tenants.models import ApiKey, Tenant, TenantTokenUsage
@@ -27,6 +27,8 @@ __all__ = [
     "Policy",
     "PolicyVersion",
     "ReviewTask",
+    "ShadowOutcome",
+    "ShadowUsage",
     "Submission",
     "SubmissionImage",
     "Tenant",

@@ -1,13 +1,14 @@
-"""`moderation migrate`: bring the schema to head, then load the shipped policy rubrics."""
+"""`moderation migrate`: bring the schema to head.
+
+No policy is loaded here: the shipped rubrics in `policies/*.yaml` are templates, copied into a
+tenant when it is created (or on request) and read from their files at that moment.
+"""
 
 from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.orm import Session
 
-from moderation.policies.models import PolicyVersion
-from moderation.policies.service import read_policy_file, store_policy_version
 from moderation.shipped import shipped_path
 
 
@@ -20,11 +21,3 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade_schema(database_url: str) -> None:
     command.upgrade(alembic_config(database_url), "head")
-
-
-def load_shipped_policies(session: Session) -> list[tuple[PolicyVersion, bool]]:
-    """Idempotent: a version already stored with the same content is left alone."""
-    return [
-        store_policy_version(session, read_policy_file(path))
-        for path in sorted(shipped_path("policies").glob("*.yaml"))
-    ]

@@ -183,13 +183,11 @@ def service_env(
 
 @pytest.fixture(scope="session")
 def migrated(service_env: dict[str, str]) -> str:
-    from moderation.database import get_sessionmaker, session_scope
-    from moderation.schema_migrations import load_shipped_policies, upgrade_schema
+    """The schema at head; each tenant a test makes gets the policy templates itself."""
+    from moderation.schema_migrations import upgrade_schema
 
     url = service_env["MODERATION_DATABASE_URL"]
     upgrade_schema(url)
-    with session_scope(get_sessionmaker(url)) as session:
-        load_shipped_policies(session)
     return url
 
 

@@ -19,7 +19,7 @@ from moderation.database import get_sessionmaker, session_scope
 from moderation.decisions.models import Action, Decision, DecisionSource, ReviewReason
 from moderation.decisions.rules import Outcome
 from moderation.decisions.service import record_decision
-from moderation.policies.service import active_version
+from moderation.policies.service import version_for_submission
 from moderation.review.models import ReviewTask, TaskStatus
 from moderation.submissions.models import Submission, SubmissionImage, SubmissionStatus, Verdict
 from moderation.tenants.models import Role
@@ -46,6 +46,7 @@ def make_tenant(
     callback_url: str | None = None,
     inbound_signing: bool = False,
 ) -> TenantKeys:
+    """A tenant with a key per role and its own copy of the policy templates, active."""
     with session_scope(get_sessionmaker(database_url)) as session:
         tenant = create_tenant(
             session, name, callback_url=callback_url, inbound_signing=inbound_signing
@@ -59,6 +60,35 @@ def make_tenant(
         webhook_secret=tenant.webhook_secret,
         inbound_secret=tenant.inbound_secret,
     )
+
+
+def make_queued_submission(
+    database_url: str,
+    tenant: TenantKeys,
+    text: str,
+    *,
+    policy: str | None = None,
+    images: int = 1,
+    **fields: Any,
+) -> uuid.UUID:
+    """A queued submission whose task was never sent: a test runs the pipeline on it itself."""
+    with session_scope(get_sessionmaker(database_url)) as session:
+        submission = Submission(
+            tenant_id=tenant.tenant_id,
+            external_id=marker(),
+            payload_sha256="0" * 64,
+            text=text,
+            metadata_={},
+            policy_version_id=version_for_submission(session, tenant.tenant_id, policy).id,
+            **{"status": SubmissionStatus.queued, "attempts": 0, **fields},
+        )
+        session.add(submission)
+        session.flush()
+        session.add_all(
+            SubmissionImage(submission_id=submission.id, position=n, source_data=image_bytes())
+            for n in range(images)
+        )
+        return submission.id
 
 
 def image_bytes(
@@ -114,7 +144,7 @@ def insert_without_sending(
             payload_sha256="0" * 64,
             text=text,
             metadata_={},
-            policy_version_id=active_version(session, "default").id,
+            policy_version_id=version_for_submission(session, tenant.tenant_id, "default").id,
             **{"status": SubmissionStatus.queued, "attempts": 0, **fields},
         )
         session.add(submission)
@@ -160,7 +190,7 @@ def make_submission(
     status: SubmissionStatus = SubmissionStatus.processing,
 ) -> Submission:
     """A submission as the worker leaves it just before deciding: images normalized."""
-    version = active_version(session, policy)
+    version = version_for_submission(session, tenant_id, policy)
     submission = Submission(
         tenant_id=tenant_id,
         external_id=marker(),

@@ -1,7 +1,7 @@
 """Re-drive schedule on submissions, daily token budgets, published model circuit states.
 
 Revision ID: 0003_resilience
-Revises: 0003_webhooks
+Revises: 0003_policies
 Create Date: 2026-11-24 23:30:00.000000+00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003_resilience"
-down_revision: str | None = "0003_webhooks"
+down_revision: str | None = "0003_policies"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

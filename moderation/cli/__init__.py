@@ -8,6 +8,7 @@ Each command group lives in a module of its own and adds itself to the parser in
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from moderation.cli import audit, policies, run, tenants
@@ -28,13 +29,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report_domain_error(args: argparse.Namespace, exc: DomainError) -> None:
+    """One line saying what failed, then one line per bad field (`path: what is wrong`).
+
+    With --json the same goes to stdout as one object, for scripts.
+    """
+    errors = [
+        {"loc": list(error.get("loc", ())), "msg": str(error.get("msg", ""))}
+        for error in exc.errors or []
+    ]
+    lines = [f"moderation: {exc.detail}"] + [
+        f"  {'.'.join(str(part) for part in error['loc']) or '(document)'}: {error['msg']}"
+        for error in errors
+    ]
+    print("\n".join(lines), file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"error": exc.detail, "status": exc.status, "errors": errors}))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = get_settings()
         configure_logging(settings)
         args.handler(args, settings)
-    except (DomainError, CommandFailed) as exc:
+    except DomainError as exc:
+        report_domain_error(args, exc)
+        return 1
+    except CommandFailed as exc:
         print(f"moderation: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -48,3 +49,10 @@ def add_command(
     if json_flag:
         command.add_argument("--json", action="store_true", help="print one JSON object")
     return command
+
+
+def tenant_id_argument(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise CommandFailed(f"--tenant must be a tenant id (a UUID), got {value!r}") from exc

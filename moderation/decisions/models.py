@@ -10,7 +10,7 @@ import uuid
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from moderation.core.models import Base, CreatedAt, UUIDKey, str_enum
@@ -65,3 +65,25 @@ class Decision(UUIDKey, CreatedAt, Base):
     detail: Mapped[str | None] = mapped_column(Text)
     categories: Mapped[list[Any]] = mapped_column(default=list)
     actor: Mapped[str | None] = mapped_column(String(256))
+
+
+class ShadowOutcome(UUIDKey, CreatedAt, Base):
+    """What a shadow version would have decided about a live submission; it decided nothing.
+
+    Its model calls are verdict rows with role `shadow`, under the same policy version.
+    """
+
+    __tablename__ = "shadow_outcomes"
+    __table_args__ = (UniqueConstraint("submission_id", "policy_version_id"),)
+
+    submission_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("submissions.id", ondelete="CASCADE")
+    )
+    policy_version_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("policy_versions.id"), index=True
+    )
+    action: Mapped[Action] = mapped_column(str_enum(Action))
+    reason: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    categories: Mapped[list[Any]] = mapped_column(default=list)
+    model_calls: Mapped[int] = mapped_column(Integer)

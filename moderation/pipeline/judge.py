@@ -29,6 +29,9 @@ class SourceImage:
     position: int
     url: str | None
     data: bytes | None
+    # Already fetched and normalized (a shadow run after the live one, a backtest over stored
+    # images): judged as is, so every judgement of an upload sees the same bytes.
+    normalized: NormalizedImage | None = None
 
 
 @dataclass
@@ -75,8 +78,10 @@ def judge_content(
     settings = runtime.settings
     results: list[ImageResult] = []
     for source in images:
-        result = ImageResult(position=source.position)
+        result = ImageResult(position=source.position, normalized=source.normalized)
         results.append(result)
+        if source.normalized is not None:
+            continue
         try:
             raw = (
                 source.data if source.data is not None else fetch_image(source.url or "", settings)

@@ -27,12 +27,13 @@ from moderation.decisions.service import finish_without_judging, record_decision
 from moderation.pipeline.judge import JudgedWork, SourceImage, judge_content
 from moderation.pipeline.redrive import schedule_redrive
 from moderation.pipeline.runtime import WORKER_ACTOR, PipelineRuntime
+from moderation.pipeline.shadow import ShadowRun, ShadowVersion, judge_in_shadow
+from moderation.pipeline.verdicts import verdict_rows
 from moderation.policies.schemas import PolicyDocument
-from moderation.policies.service import document_for_version
+from moderation.policies.service import document_for_version, shadow_for
 from moderation.submissions import repository
-from moderation.submissions.models import Verdict
+from moderation.submissions.models import VerdictRole
 from moderation.tenants.service import record_token_usage, token_budget
-from moderation.vlm.client import ModelCall
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class WorkItem:
     policy_version_id: uuid.UUID
     policy: PolicyDocument
     images: list[SourceImage]
+    # A version of the same policy that judges this submission too, without deciding.
+    shadow: ShadowVersion | None = None
     # Why the tenant may spend no more model tokens today, if it may not.
     budget_exhausted: str | None = None
 
@@ -69,8 +72,6 @@ def moderate_submission(submission_id: uuid.UUID, runtime: PipelineRuntime) -> N
     )
     if work is None:
         return
-    soft_limit = settings.task_soft_time_limit_s
-    deadline = time.monotonic() + soft_limit - min(_STORE_MARGIN_S, soft_limit * 0.2)
     with runtime.heartbeat.hold(
         work.submission_id, work.lease_token, renew_for_s=settings.task_hard_time_limit_s
     ):
@@ -80,7 +81,7 @@ def moderate_submission(submission_id: uuid.UUID, runtime: PipelineRuntime) -> N
                 work.text,
                 work.policy,
                 runtime,
-                deadline=deadline,
+                deadline=_deadline(runtime),
                 cache_tenant=work.tenant_id,
                 budget_exhausted=work.budget_exhausted,
             )
@@ -91,9 +92,32 @@ def moderate_submission(submission_id: uuid.UUID, runtime: PipelineRuntime) -> N
             )
         # The judgement is paid for: wait out a database outage of up to a lease to store it.
         # Past that, the lease has run out and another worker will judge the submission again.
-        _while_database_down(
+        stored = _while_database_down(
             lambda: _store(work, judged, runtime), settings.lease_s, f"storing {submission_id}"
         )
+    # A tenant past its token budget gets no shadow judgement either: it would spend tokens.
+    if stored and work.shadow is not None and work.budget_exhausted is None:
+        # After the live decision is committed: the shadow can neither delay nor change it.
+        judge_in_shadow(
+            ShadowRun(
+                submission_id=work.submission_id,
+                tenant_id=work.tenant_id,
+                attempt=work.attempt,
+                text=work.text,
+                image_count=len(work.images),
+                version=work.shadow,
+            ),
+            judged,
+            runtime,
+            # A time budget of its own: the submission is decided, no lease is at stake, and
+            # the broker's redelivery timeout outlasts two soft limits.
+            deadline=_deadline(runtime),
+        )
+
+
+def _deadline(runtime: PipelineRuntime) -> float:
+    soft_limit = runtime.settings.task_soft_time_limit_s
+    return time.monotonic() + soft_limit - min(_STORE_MARGIN_S, soft_limit * 0.2)
 
 
 def _while_database_down(
@@ -149,6 +173,7 @@ def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | Non
         )
         budget = token_budget(session, submission.tenant_id)
         assert submission.lease_token is not None
+        shadow = shadow_for(session, submission.policy_version_id)
         return WorkItem(
             submission_id=submission.id,
             tenant_id=submission.tenant_id,
@@ -161,17 +186,19 @@ def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | Non
                 SourceImage(image.position, image.source_url, image.source_data)
                 for image in repository.images_of(session, submission.id, with_source=True)
             ],
+            shadow=ShadowVersion(shadow[0].id, shadow[1]) if shadow is not None else None,
             budget_exhausted=budget.explain() if budget.exhausted else None,
         )
 
 
-def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> None:
+def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> bool:
+    """False when the lease was lost and nothing was stored."""
     with session_scope(runtime.sessions) as session:
         submission = repository.lock_if_leased(session, work.submission_id, work.lease_token)
         if submission is None:
             # The lease ran out and another run owns the submission now; its result stands.
             logger.warning("lease on %s lost before storing; discarding", work.submission_id)
-            return
+            return False
         for result in judged.images:
             values: dict[str, Any] = {"error": result.error}
             if result.normalized is not None:
@@ -186,8 +213,16 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> None
                     "tokens": image.tokens,
                 }
             repository.update_image(session, submission.id, result.position, values)
+        session.add_all(
+            verdict_rows(
+                judged,
+                submission_id=work.submission_id,
+                policy_version_id=work.policy_version_id,
+                attempt=work.attempt,
+                role=VerdictRole.live,
+            )
+        )
         for sequence, call in enumerate(judged.calls):
-            session.add(_verdict_row(work, sequence, call))
             record_event(
                 session,
                 work.tenant_id,
@@ -203,7 +238,6 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> None
             )
         record_token_usage(session, work.tenant_id, judged.tokens)
         if judged.reused is not None:
-            session.add(_reused_verdict_row(work, judged.reused))
             source = DecisionSource.cache
         else:
             source = DecisionSource.model if judged.calls else DecisionSource.system
@@ -218,42 +252,4 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> None
                 runtime.settings,
                 window_until=window_until,
             )
-
-
-def _verdict_row(work: WorkItem, sequence: int, call: ModelCall) -> Verdict:
-    return Verdict(
-        submission_id=work.submission_id,
-        policy_version_id=work.policy_version_id,
-        attempt=work.attempt,
-        sequence=sequence,
-        model=call.model,
-        prompt_sha256=call.prompt_sha256,
-        raw_output=call.raw_output,
-        parsed=call.parsed,
-        error=call.error,
-        finish_reason=call.finish_reason,
-        input_tokens=call.input_tokens,
-        output_tokens=call.output_tokens,
-        latency_ms=call.latency_ms,
-        rating_probability=call.rating_probability,
-    )
-
-
-def _reused_verdict_row(work: WorkItem, original: Verdict) -> Verdict:
-    return Verdict(
-        submission_id=work.submission_id,
-        policy_version_id=work.policy_version_id,
-        attempt=work.attempt,
-        sequence=0,
-        model=original.model,
-        prompt_sha256=original.prompt_sha256,
-        raw_output=original.raw_output,
-        parsed=original.parsed,
-        error=None,
-        finish_reason=original.finish_reason,
-        input_tokens=0,
-        output_tokens=0,
-        latency_ms=0,
-        rating_probability=original.rating_probability,
-        reused_from_id=original.id,
-    )
+    return True

@@ -38,18 +38,18 @@ DOCUMENT: dict[str, Any] = {"slug": "marketplace", "version": 2, **DRAFT}
 
 VERSION_SUMMARY: dict[str, Any] = {
     "version": 2,
+    "status": "shadow",
     "active": False,
     "content_sha256": "4c1d2e3f405162738495a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091",
     "created_at": "2026-11-24T09:30:00Z",
+    "status_changed_at": "2026-11-24T10:00:00Z",
+    "activated_at": None,
 }
 
 VERSION: dict[str, Any] = {
     "id": "0b9f7a52-61c4-4d1e-8f3a-5c2d9e7b1a04",
     "slug": "marketplace",
-    "version": 2,
-    "active": False,
-    "content_sha256": VERSION_SUMMARY["content_sha256"],
-    "created_at": "2026-11-24T09:30:00Z",
+    **VERSION_SUMMARY,
     "document": DOCUMENT,
 }
 
@@ -57,6 +57,7 @@ POLICY: dict[str, Any] = {
     "slug": "marketplace",
     "title": "Marketplace listings",
     "active_version": 1,
+    "shadow_version": 2,
     "activated_at": "2026-11-20T08:00:00Z",
     "created_at": "2026-11-20T08:00:00Z",
 }
@@ -64,7 +65,15 @@ POLICY: dict[str, Any] = {
 POLICY_WITH_VERSIONS: dict[str, Any] = {
     **POLICY,
     "versions": [
-        {**VERSION_SUMMARY, "version": 1, "active": True, "created_at": "2026-11-20T08:00:00Z"},
+        {
+            **VERSION_SUMMARY,
+            "version": 1,
+            "status": "active",
+            "active": True,
+            "created_at": "2026-11-20T08:00:00Z",
+            "status_changed_at": "2026-11-20T08:00:00Z",
+            "activated_at": "2026-11-20T08:00:00Z",
+        },
         VERSION_SUMMARY,
     ],
 }

@@ -2,15 +2,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
+from moderation.core.problems import problem_responses
 from moderation.database import DbSession
 from moderation.policies import service
-from moderation.policies.models import Policy, PolicyVersion
 from moderation.policies.schemas import (
-    PolicyDocument,
     PolicyDraft,
     PolicyRead,
     PolicyVersionRead,
-    PolicyVersionSummary,
     PolicyWithVersions,
 )
 from moderation.tenants.dependencies import Admin, AnyRole
@@ -18,64 +16,76 @@ from moderation.tenants.dependencies import Admin, AnyRole
 router = APIRouter(prefix="/v1/policies", tags=["policies"])
 
 
-def _version_read(policy: Policy, version: PolicyVersion) -> PolicyVersionRead:
-    return PolicyVersionRead(
-        id=version.id,
-        slug=policy.slug,
-        version=version.version,
-        active=policy.active_version == version.version,
-        content_sha256=version.content_sha256,
-        created_at=version.created_at,
-        document=PolicyDocument.model_validate(version.document),
-    )
+@router.get("", response_model=list[PolicyRead], responses=problem_responses(401))
+def list_policies(session: DbSession, principal: AnyRole) -> list[PolicyRead]:
+    """This tenant's policies, each with its active and shadow version."""
+    return service.list_policies(session, principal.tenant_id)
 
 
-@router.get("", response_model=list[PolicyRead])
-def list_policies(session: DbSession, _: AnyRole) -> list[Policy]:
-    return service.list_policies(session)
+@router.get("/{slug}", response_model=PolicyWithVersions, responses=problem_responses(401, 404))
+def get_policy(slug: str, session: DbSession, principal: AnyRole) -> PolicyWithVersions:
+    return service.read_policy(session, principal.tenant_id, slug)
 
 
-@router.get("/{slug}", response_model=PolicyWithVersions)
-def get_policy(slug: str, session: DbSession, _: AnyRole) -> PolicyWithVersions:
-    policy = service.get_policy(session, slug)
-    versions = [
-        PolicyVersionSummary(
-            version=v.version,
-            active=policy.active_version == v.version,
-            content_sha256=v.content_sha256,
-            created_at=v.created_at,
-        )
-        for v in service.list_versions(session, slug)
-    ]
-    return PolicyWithVersions(
-        slug=policy.slug,
-        title=policy.title,
-        active_version=policy.active_version,
-        activated_at=policy.activated_at,
-        created_at=policy.created_at,
-        versions=versions,
-    )
-
-
-@router.get("/{slug}/versions/{version}", response_model=PolicyVersionRead)
+@router.get(
+    "/{slug}/versions/{version}",
+    response_model=PolicyVersionRead,
+    responses=problem_responses(401, 404),
+)
 def get_policy_version(
-    slug: str, version: int, session: DbSession, _: AnyRole
+    slug: str, version: int, session: DbSession, principal: AnyRole
 ) -> PolicyVersionRead:
-    return _version_read(
-        service.get_policy(session, slug), service.get_version(session, slug, version)
+    return service.read_version(session, principal.tenant_id, slug, version)
+
+
+@router.post(
+    "/{slug}/versions",
+    response_model=PolicyVersionRead,
+    status_code=status.HTTP_201_CREATED,
+    responses=problem_responses(401, 403, 422),
+)
+def create_policy_version(
+    slug: str, draft: PolicyDraft, session: DbSession, principal: Admin
+) -> PolicyVersionRead:
+    """Store a new draft version, numbered after the policy's latest. Nothing is judged by it
+    until it is activated (or shadowed)."""
+    return service.create_draft_version(
+        session, principal.tenant_id, slug, draft.model_dump(mode="json")
     )
 
 
 @router.post(
-    "/{slug}/versions", response_model=PolicyVersionRead, status_code=status.HTTP_201_CREATED
+    "/{slug}/versions/{version}/activate",
+    response_model=PolicyWithVersions,
+    responses=problem_responses(401, 403, 404),
 )
-def create_policy_version(
-    slug: str, draft: PolicyDraft, session: DbSession, _: Admin
-) -> PolicyVersionRead:
-    version = service.create_draft_version(session, slug, draft.model_dump(mode="json"))
-    return _version_read(service.get_policy(session, slug), version)
+def activate_policy_version(
+    slug: str, version: int, session: DbSession, principal: Admin
+) -> PolicyWithVersions:
+    """New submissions of this tenant are judged by this version; old verdicts keep theirs."""
+    return service.activate_version(session, principal.tenant_id, slug, version)
 
 
-@router.post("/{slug}/versions/{version}/activate", response_model=PolicyRead)
-def activate_policy_version(slug: str, version: int, session: DbSession, _: Admin) -> Policy:
-    return service.activate_version(session, slug, version)
+@router.post(
+    "/{slug}/versions/{version}/shadow",
+    response_model=PolicyWithVersions,
+    responses=problem_responses(401, 403, 404, 409),
+)
+def shadow_policy_version(
+    slug: str, version: int, session: DbSession, principal: Admin
+) -> PolicyWithVersions:
+    """Judge live submissions with this version too, for comparison; only the active version
+    decides. Its model calls count against the daily shadow cap."""
+    return service.shadow_version(session, principal.tenant_id, slug, version)
+
+
+@router.delete(
+    "/{slug}/versions/{version}/shadow",
+    response_model=PolicyWithVersions,
+    responses=problem_responses(401, 403, 404),
+)
+def stop_shadowing_policy_version(
+    slug: str, version: int, session: DbSession, principal: Admin
+) -> PolicyWithVersions:
+    """Stop judging live submissions with this version."""
+    return service.stop_shadow(session, principal.tenant_id, slug, version)

@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from moderation.policies import examples
+from moderation.policies.models import PolicyVersionStatus
 
 CategoryId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Severity = Annotated[int, Field(ge=1, le=4)]
@@ -102,15 +103,23 @@ class PolicyDocument(BaseModel):
         raise KeyError(category_id)
 
 
-class PolicyVersionRead(BaseModel):
+class PolicyVersionSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.VERSION_SUMMARY]})
+
+    version: int
+    status: PolicyVersionStatus
+    active: bool = Field(description="true for the version new submissions are judged by")
+    content_sha256: str
+    created_at: datetime
+    status_changed_at: datetime
+    activated_at: datetime | None = Field(description="when it first went live, if it has")
+
+
+class PolicyVersionRead(PolicyVersionSummary):
     model_config = ConfigDict(json_schema_extra={"examples": [examples.VERSION]})
 
     id: UUID
     slug: str
-    version: int
-    active: bool
-    content_sha256: str
-    created_at: datetime
     document: PolicyDocument
 
 
@@ -119,17 +128,11 @@ class PolicyRead(BaseModel):
 
     slug: str
     title: str
-    active_version: int | None
-    activated_at: datetime | None
-    created_at: datetime
-
-
-class PolicyVersionSummary(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [examples.VERSION_SUMMARY]})
-
-    version: int
-    active: bool
-    content_sha256: str
+    active_version: int | None = Field(description="judges and decides new submissions")
+    shadow_version: int | None = Field(
+        description="judges new submissions too, for comparison, without deciding"
+    )
+    activated_at: datetime | None = Field(description="when the active version took over")
     created_at: datetime
 
 
@@ -140,7 +143,10 @@ class PolicyWithVersions(PolicyRead):
 
 
 class PolicyDraft(BaseModel):
-    """A new version's rubric; slug and version number come from the URL and the server."""
+    """A new version's rubric; slug and version number come from the URL and the server.
+
+    It is stored as a draft: nothing is judged by it until an admin activates or shadows it.
+    """
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [examples.DRAFT]})
 

@@ -31,6 +31,13 @@ class SubmissionStatus(StrEnum):
     in_review = "in_review"
 
 
+class VerdictRole(StrEnum):
+    """Whose verdict it is: the active version's, which decides, or a shadow version's."""
+
+    live = "live"
+    shadow = "shadow"
+
+
 class Submission(UUIDKey, CreatedAt, Base):
     __tablename__ = "submissions"
     __table_args__ = (
@@ -123,3 +130,9 @@ class Verdict(UUIDKey, CreatedAt, Base):
     rating_probability: Mapped[float | None] = mapped_column(Float)
     # Set when this verdict was not asked for but reused from an identical earlier prompt.
     reused_from_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("verdicts.id"))
+    # Shadow verdicts are kept for comparison only; they never stand behind a decision.
+    role: Mapped[VerdictRole] = mapped_column(
+        str_enum(VerdictRole, length=16),
+        default=VerdictRole.live,
+        server_default=VerdictRole.live.value,
+    )

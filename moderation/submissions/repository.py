@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, defer
 
-from moderation.decisions.models import Action, Decision
+from moderation.decisions.models import Action, Decision, ShadowOutcome
 from moderation.submissions.models import (
     Submission,
     SubmissionImage,
@@ -144,6 +144,16 @@ def decisions_of(session: Session, submission_id: uuid.UUID) -> list[Decision]:
             select(Decision)
             .where(Decision.submission_id == submission_id)
             .order_by(Decision.created_at, Decision.id)
+        )
+    )
+
+
+def shadow_outcomes_of(session: Session, submission_id: uuid.UUID) -> list[ShadowOutcome]:
+    return list(
+        session.scalars(
+            select(ShadowOutcome)
+            .where(ShadowOutcome.submission_id == submission_id)
+            .order_by(ShadowOutcome.created_at, ShadowOutcome.id)
         )
     )
 

@@ -9,7 +9,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, 
 
 from moderation.decisions.models import Action, DecisionSource, ReviewReason
 from moderation.submissions import examples
-from moderation.submissions.models import SubmissionStatus
+from moderation.submissions.models import SubmissionStatus, VerdictRole
 
 METADATA_MAX_BYTES = 16 * 1024
 
@@ -47,7 +47,13 @@ class SubmissionCreate(BaseModel):
     images: list[ImageInput] = Field(default_factory=list, max_length=32)
     metadata: dict[str, Any] = Field(default_factory=dict)
     policy: str | None = Field(
-        default=None, max_length=64, description="policy slug; default 'default'"
+        default=None,
+        max_length=80,
+        description=(
+            "policy slug, judged by its active version (default 'default'); or `slug@N` to pin "
+            "version N of the tenant's policy, e.g. to replay an item under an older rubric"
+        ),
+        examples=["default", "default@3"],
     )
     # Kept as written: URL parsers "repair" forms like `http:///x` into another host, and the
     # checks at ingest must see what the client sent.
@@ -139,6 +145,23 @@ class VerdictRead(BaseModel):
     reused_from: uuid.UUID | None = Field(
         default=None, description="set when an identical earlier prompt's verdict was reused"
     )
+    role: VerdictRole = Field(
+        default=VerdictRole.live, description="shadow verdicts are compared, never decide"
+    )
+    created_at: datetime
+
+
+class ShadowOutcomeRead(BaseModel):
+    """What a shadow version would have decided; the submission's decision did not use it."""
+
+    policy: str
+    policy_version: int
+    action: Action
+    reason: ReviewReason | None
+    detail: str | None
+    categories: list[CategoryRead]
+    model_calls: int
+    verdicts: list[VerdictRead]
     created_at: datetime
 
 
@@ -187,6 +210,9 @@ class SubmissionRead(BaseModel):
     decision: DecisionRead | None
     decisions: list[DecisionRead]
     verdicts: list[VerdictRead]
+    shadow: list[ShadowOutcomeRead] = Field(
+        default_factory=list, description="judgements by shadow policy versions, for comparison"
+    )
     images: list[ImageRead]
     attempts: int
     redrive: RedriveRead | None = None

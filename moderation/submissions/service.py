@@ -17,9 +17,8 @@ from moderation.audit import service as audit
 from moderation.config import Settings
 from moderation.core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from moderation.core.pagination import Page, decode_cursor, encode_cursor
-from moderation.decisions.models import Action, Decision
+from moderation.decisions.models import Action, Decision, ShadowOutcome
 from moderation.policies import service as policies
-from moderation.policies.models import Policy, PolicyVersion
 from moderation.queue import MODERATE_SUBMISSION, enqueue_after_commit
 from moderation.submissions import repository
 from moderation.submissions.models import (
@@ -27,6 +26,7 @@ from moderation.submissions.models import (
     SubmissionImage,
     SubmissionStatus,
     Verdict,
+    VerdictRole,
 )
 from moderation.submissions.schemas import (
     AuditEventRead,
@@ -34,6 +34,7 @@ from moderation.submissions.schemas import (
     ImageRead,
     PolicyRef,
     RedriveRead,
+    ShadowOutcomeRead,
     SubmissionCreate,
     SubmissionRead,
     SubmissionSummary,
@@ -141,7 +142,7 @@ def create_submission(
     payload_sha256 = new.payload_sha256()
     existing = repository.find_by_external_id(session, principal.tenant_id, new.external_id)
     if existing is None:
-        version = policies.active_version(session, new.policy or policies.DEFAULT_POLICY)
+        version = policies.version_for_submission(session, principal.tenant_id, new.policy)
         submission_id = repository.insert_submission(
             session,
             {
@@ -215,11 +216,16 @@ def read_submission(
 
 
 def present_submission(session: Session, submission: Submission) -> SubmissionRead:
-    version = session.get(PolicyVersion, submission.policy_version_id)
-    assert version is not None
-    policy = session.get(Policy, version.policy_id)
-    assert policy is not None
     decisions = [_present_decision(d) for d in repository.decisions_of(session, submission.id)]
+    verdicts = repository.verdicts_of(session, submission.id)
+    outcomes = repository.shadow_outcomes_of(session, submission.id)
+    labels = policies.version_labels(
+        session,
+        [submission.policy_version_id]
+        + [v.policy_version_id for v in verdicts]
+        + [o.policy_version_id for o in outcomes],
+    )
+    slug, version_number = labels[submission.policy_version_id]
     return SubmissionRead(
         id=submission.id,
         external_id=submission.external_id,
@@ -227,12 +233,26 @@ def present_submission(session: Session, submission: Submission) -> SubmissionRe
         text=submission.text,
         metadata=submission.metadata_,
         callback_url=submission.callback_url,
-        policy=PolicyRef(slug=policy.slug, version=version.version),
+        policy=PolicyRef(slug=slug, version=version_number),
         decision=decisions[-1] if decisions else None,
         decisions=decisions,
         verdicts=[
-            _present_verdict(v, policy.slug, version.version)
-            for v in repository.verdicts_of(session, submission.id)
+            _present_verdict(v, *labels[v.policy_version_id])
+            for v in verdicts
+            if v.role is VerdictRole.live
+        ],
+        shadow=[
+            _present_shadow_outcome(
+                outcome,
+                *labels[outcome.policy_version_id],
+                [
+                    _present_verdict(v, *labels[v.policy_version_id])
+                    for v in verdicts
+                    if v.role is VerdictRole.shadow
+                    and v.policy_version_id == outcome.policy_version_id
+                ],
+            )
+            for outcome in outcomes
         ],
         images=[
             ImageRead.model_validate(image, from_attributes=True)
@@ -248,6 +268,24 @@ def present_submission(session: Session, submission: Submission) -> SubmissionRe
         else None,
         created_at=submission.created_at,
         updated_at=submission.updated_at,
+    )
+
+
+def _present_shadow_outcome(
+    outcome: ShadowOutcome, slug: str, version: int, verdicts: list[VerdictRead]
+) -> ShadowOutcomeRead:
+    return ShadowOutcomeRead.model_validate(
+        {
+            "policy": slug,
+            "policy_version": version,
+            "action": outcome.action,
+            "reason": outcome.reason,
+            "detail": outcome.detail,
+            "categories": outcome.categories,
+            "model_calls": outcome.model_calls,
+            "verdicts": verdicts,
+            "created_at": outcome.created_at,
+        }
     )
 
 
@@ -287,6 +325,7 @@ def _present_verdict(verdict: Verdict, policy_slug: str, policy_version: int) ->
             "error": verdict.error,
             "raw_output": verdict.raw_output,
             "reused_from": verdict.reused_from_id,
+            "role": verdict.role,
             "created_at": verdict.created_at,
         }
     )

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from moderation.core.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from moderation.core.time import utcnow
+from moderation.policies.service import install_templates
 from moderation.tenants import repository
 from moderation.tenants.models import ApiKey, Role, Tenant
 
@@ -59,7 +60,10 @@ def create_tenant(
     callback_url: str | None = None,
     inbound_signing: bool = False,
     daily_token_budget: int | None = None,
+    with_policy_templates: bool = True,
 ) -> Tenant:
+    """A new tenant owns a copy of each shipped policy template, active, so it can submit at
+    once; its admins then version those copies without touching any other tenant's."""
     tenant = Tenant(
         name=name,
         callback_url=callback_url,
@@ -67,7 +71,10 @@ def create_tenant(
         inbound_secret=new_webhook_secret() if inbound_signing else None,
         daily_token_budget=_checked_budget(daily_token_budget),
     )
-    return repository.add_tenant(session, tenant)
+    repository.add_tenant(session, tenant)
+    if with_policy_templates:
+        install_templates(session, tenant.id)
+    return tenant
 
 
 @dataclass(frozen=True)

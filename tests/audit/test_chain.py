@@ -43,7 +43,7 @@ def new_submission(session: Session, tenant_id: uuid.UUID) -> uuid.UUID:
         payload_sha256="0" * 64,
         text="a caption",
         metadata_={},
-        policy_version_id=active_version(session, "default").id,
+        policy_version_id=active_version(session, tenant_id, "default").id,
         status=SubmissionStatus.queued,
         attempts=0,
     )

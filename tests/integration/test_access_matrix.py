@@ -55,7 +55,6 @@ ANY_ROLE = INGEST | REVIEWER | ADMIN
 PUBLIC = frozenset[str]()
 ROLES = ("ingest", "reviewer", "admin")
 PROBLEM = "application/problem+json"
-SHARED_POLICIES = "policies are shared by every tenant until rubrics become tenant-owned"
 
 
 def new_submission(_: TenantObjects) -> dict[str, Any]:
@@ -93,14 +92,15 @@ ROUTES = [
     Route("GET", "/v1/submissions/{submission_id}", INGEST | REVIEWER),
     Route("GET", "/v1/submissions/{submission_id}/images/{position}", REVIEWER),
     Route("GET", "/v1/submissions/{submission_id}/audit", REVIEWER),
-    Route("GET", "/v1/policies", ANY_ROLE, lists="slug", cross_tenant=SHARED_POLICIES),
-    Route("GET", "/v1/policies/{slug}", ANY_ROLE, cross_tenant=SHARED_POLICIES),
-    Route("GET", "/v1/policies/{slug}/versions/{version}", ANY_ROLE, cross_tenant=SHARED_POLICIES),
+    Route("GET", "/v1/policies", ANY_ROLE, lists="slug"),
+    Route("GET", "/v1/policies/{slug}", ANY_ROLE),
+    Route("GET", "/v1/policies/{slug}/versions/{version}", ANY_ROLE),
+    # A slug the caller has not used yet starts a policy of its own: no other tenant's object.
     Route("POST", "/v1/policies/{slug}/versions", ADMIN, {201}, policy_draft, cross_tenant=False),
-    Route(
-        "POST", "/v1/policies/{slug}/versions/{version}/activate", ADMIN,
-        cross_tenant=SHARED_POLICIES,
-    ),
+    Route("POST", "/v1/policies/{slug}/versions/{version}/activate", ADMIN),
+    # 409 once the version is active: it cannot shadow itself.
+    Route("POST", "/v1/policies/{slug}/versions/{version}/shadow", ADMIN, ok={200, 409}),
+    Route("DELETE", "/v1/policies/{slug}/versions/{version}/shadow", ADMIN),
     Route("GET", "/v1/review/queue", REVIEWER, cross_tenant=False, lists="task_id"),
     # Claims appeals only, so it never takes the task the listing check looks for.
     Route(

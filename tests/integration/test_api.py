@@ -225,7 +225,8 @@ def test_policies_are_versioned_and_activated_by_admins(client, tenant: TenantKe
         f"/v1/policies/{slug}/versions", json=draft, headers=tenant.headers("admin")
     )
     assert created.status_code == 201, created.text
-    assert created.json()["version"] == 1 and created.json()["active"] is True
+    assert created.json()["version"] == 1 and created.json()["status"] == "draft"
+    assert created.json()["active"] is False
     second = client.post(
         f"/v1/policies/{slug}/versions",
         json={**draft, "min_confidence": 0.9},
