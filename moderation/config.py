@@ -120,7 +120,8 @@ class Settings(BaseSettings):
     rate_limit_ingest: str = "100/second"
     rate_limit_read: str = "50/second"
     rate_limit_review: str = "20/second"
-    rate_limit_admin: str = "5/second;60/minute"
+    # An admin script may burst; a runaway one is held to 60 changes a minute, 600 an hour.
+    rate_limit_admin: str = "20/second;60/minute;600/hour"
 
     # How long a reviewer holds a claimed task before it returns to the queue, unless renewed;
     # a claim may ask for its own length, up to review_lease_max_s.
