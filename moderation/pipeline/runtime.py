@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,7 +23,10 @@ class PipelineRuntime:
     settings: Settings
     sessions: sessionmaker[Session]
     vlm: VLMClient
-    heartbeat: WorkerHeartbeat
+    heartbeat: WorkerHeartbeat = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.heartbeat = WorkerHeartbeat(self.settings, self.sessions, self.vlm, WORKER_ACTOR)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> PipelineRuntime:
@@ -31,11 +34,8 @@ class PipelineRuntime:
         # Half the threads hold a connection at once at most (claim and store are short);
         # the overflow covers bursts, so threads + relay + heartbeat never wait for a connection.
         pool = max(5, settings.vlm_max_concurrency // 2 + 1)
-        sessions = get_sessionmaker(resolve_database_url(settings), pool)
-        vlm = VLMClient(settings)
         return cls(
             settings=settings,
-            sessions=sessions,
-            vlm=vlm,
-            heartbeat=WorkerHeartbeat(settings, sessions, vlm, WORKER_ACTOR),
+            sessions=get_sessionmaker(resolve_database_url(settings), pool),
+            vlm=VLMClient(settings),
         )
