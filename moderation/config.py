@@ -10,6 +10,7 @@ import functools
 from pathlib import Path
 from typing import Annotated, Literal
 
+from limits import parse_many
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -93,8 +94,15 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: float = Field(default=300.0, gt=0)
     # One broker can serve several deployments (or test runs) when each has its own queue.
     queue_name: str = Field(default="moderation", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
-    relay_interval_s: float = Field(default=10.0, gt=0)
-    relay_grace_s: float = Field(default=60.0, ge=0)
+    # How long a claim on a submission lasts without news from its worker. A worker renews the
+    # leases it holds every third of this (the heartbeat), so the lease need not outlast a task:
+    # it only has to outlast a missed heartbeat or two. Short means a killed worker's items are
+    # back in flight soon: about lease + relay interval after the kill.
+    lease_s: float = Field(default=45.0, ge=1.0, le=3600.0)
+    # The relay sweeps for lost work this often, and re-sends a submission left queued this long
+    # (a message the broker dropped, or one a killed worker had prefetched).
+    relay_interval_s: float = Field(default=5.0, gt=0)
+    relay_grace_s: float = Field(default=30.0, ge=0)
     max_attempts: int = Field(default=3, ge=1, le=20)
     # The sweeper looks for due jobs (callback attempts among them) this often, and runs up to
     # `job_concurrency` of them at once per worker process.
@@ -120,6 +128,30 @@ class Settings(BaseSettings):
     callback_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # How long a rotated secret keeps working (signing both ways) unless told otherwise.
     secret_rotation_overlap_hours: float = Field(default=24.0, ge=0, le=24 * 30)
+
+    # Re-drive: a submission sent to review because the model or an image host was down is
+    # judged again by itself, with exponential backoff, for this long after its first failure;
+    # reviewers do not see it in the meantime. 0 switches re-drive off.
+    redrive_window_s: float = Field(default=6 * 3600.0, ge=0)
+    redrive_base_delay_s: float = Field(default=60.0, gt=0)
+    redrive_max_delay_s: float = Field(default=900.0, gt=0)
+
+    # The circuit breaker around the model client (one per worker process): after this many
+    # consecutive failed calls (connection errors, timeouts, 5xx) it stops calling the model for
+    # the cool-down, then lets one probe call through.
+    vlm_breaker_failures: int = Field(default=5, ge=1, le=1000)
+    vlm_breaker_cooldown_s: float = Field(default=30.0, gt=0)
+
+    # Per-key rate limits by route class, in the `limits` notation ("100/second;2000/minute").
+    # Kept in Redis when one is configured (MODERATION_RATE_LIMIT_STORAGE_URL, else a redis://
+    # broker URL), so every API process shares them; in memory otherwise.
+    rate_limit_enabled: bool = True
+    rate_limit_storage_url: str | None = None
+    rate_limit_ingest: str = "100/second"
+    rate_limit_read: str = "50/second"
+    rate_limit_review: str = "20/second"
+    # An admin script may burst; a runaway one is held to 60 changes a minute, 600 an hour.
+    rate_limit_admin: str = "20/second;60/minute;600/hour"
 
     # How long a reviewer holds a claimed task before it returns to the queue, unless renewed;
     # a claim may ask for its own length, up to review_lease_max_s.
@@ -164,11 +196,31 @@ class Settings(BaseSettings):
             return [str(part).strip().lower() for part in parts if str(part).strip()]
         return value
 
+    @field_validator(
+        "rate_limit_ingest", "rate_limit_read", "rate_limit_review", "rate_limit_admin"
+    )
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit like '100/second;2000/minute': {value!r}") from exc
+        return value
+
     @model_validator(mode="after")
     def _check_time_chain(self) -> Settings:
+        """Model timeout < soft limit < hard limit < broker visibility timeout.
+
+        The lease is not part of the chain: the heartbeat renews it while the task runs, up to
+        the hard limit, so a slow model call keeps its lease however short the lease is.
+        """
         if self.vlm_timeout_s >= self.task_soft_time_limit_s:
             raise ValueError(
                 "MODERATION_VLM_TIMEOUT_S must be below MODERATION_TASK_SOFT_TIME_LIMIT_S"
+            )
+        if self.redrive_base_delay_s > self.redrive_max_delay_s:
+            raise ValueError(
+                "MODERATION_REDRIVE_BASE_DELAY_S must not exceed MODERATION_REDRIVE_MAX_DELAY_S"
             )
         if self.review_lease_s > self.review_lease_max_s:
             raise ValueError(
@@ -216,9 +268,9 @@ class Settings(BaseSettings):
         return self.task_hard_time_limit_s * 2 + 60.0
 
     @property
-    def lease_s(self) -> float:
-        """How long a worker owns a submission before the relay may hand it to another."""
-        return self.task_hard_time_limit_s + self._limit_margin_s
+    def lease_renew_interval_s(self) -> float:
+        """The heartbeat: three renewals per lease, so one late or failed renewal costs nothing."""
+        return self.lease_s / 3
 
     @property
     def json_body_max_bytes(self) -> int:

@@ -17,12 +17,14 @@ from moderation.core.limits import BodyLimits, BodySizeLimit
 from moderation.core.middleware import RequestBoundary
 from moderation.core.openapi import install_openapi, operation_id
 from moderation.core.problems import install_problem_handlers, problem_response
+from moderation.core.rate_limits import RateLimiter
 from moderation.database import (
     DATABASE_OUTAGES,
     database_unavailable,
     get_sessionmaker,
     resolve_database_url,
 )
+from moderation.ops.collectors import OutageCollector
 from moderation.ops.router import SubmissionCollector
 from moderation.ops.router import router as ops_router
 from moderation.policies.metrics import ShadowCollector
@@ -56,7 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.register(ShadowCollector(factory))
         registry.register(ReviewCollector(factory))
         registry.register(WebhookCollector(factory))
+        registry.register(OutageCollector(factory, settings))
         app.state.metrics_registry = registry
+        app.state.rate_limiter = RateLimiter(settings)
 
         @functools.cache
         def vlm_client() -> VLMClient:

@@ -13,7 +13,8 @@ from moderation.submissions.models import (
     SubmissionImageFrame,
     Verdict,
 )
-from moderation.tenants.models import ApiKey, Tenant
+from moderation.tenants.models import ApiKey, Tenant, TenantTokenUsage
+from moderation.vlm.models import ModelCircuit
 from moderation.webhooks.models import (
     InboundWebhook,
     WebhookAttempt,
@@ -30,6 +31,7 @@ __all__ = [
     "Decision",
     "InboundWebhook",
     "Job",
+    "ModelCircuit",
     "Policy",
     "PolicyVersion",
     "ReviewTask",
@@ -39,6 +41,7 @@ __all__ = [
     "SubmissionImage",
     "SubmissionImageFrame",
     "Tenant",
+    "TenantTokenUsage",
     "Verdict",
     "WebhookAttempt",
     "WebhookDelivery",

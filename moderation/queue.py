@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 MODERATE_SUBMISSION = "moderation.moderate_submission"
 
 # The modules that define tasks and periodic jobs, loaded by worker processes only.
-WORKER_MODULES = ["workers.tasks.moderation", "workers.relay"]
+WORKER_MODULES = ["workers.tasks.moderation", "workers.relay", "workers.heartbeat"]
 
 
 def resolve_broker_url(settings: Settings) -> str:
@@ -54,6 +54,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": broker_url,
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
+        # A worker whose broker went away keeps trying to reconnect, with kombu's backoff, for
+        # as long as it takes (the default gives up after 100 tries and the worker exits).
+        "broker_connection_max_retries": None,
         # JSON only: a pickle payload from a compromised broker would be code execution.
         "task_serializer": "json",
         "accept_content": ["json"],

@@ -127,6 +127,40 @@ def wait_for_outcome(
         time.sleep(0.2)
 
 
+def insert_without_sending(
+    database_url: str,
+    tenant: TenantKeys,
+    text: str,
+    *,
+    image_url: str | None = None,
+    **fields: Any,
+) -> uuid.UUID:
+    """A submission whose task never reached the broker (crash between commit and send).
+
+    Its one image is inline unless `image_url` is given."""
+    with session_scope(get_sessionmaker(database_url)) as session:
+        submission = Submission(
+            tenant_id=tenant.tenant_id,
+            external_id=marker(),
+            payload_sha256="0" * 64,
+            text=text,
+            metadata_={},
+            policy_version_id=version_for_submission(session, tenant.tenant_id, "default").id,
+            **{"status": SubmissionStatus.queued, "attempts": 0, **fields},
+        )
+        session.add(submission)
+        session.flush()
+        session.add(
+            SubmissionImage(
+                submission_id=submission.id,
+                position=0,
+                source_url=image_url,
+                source_data=None if image_url else image_bytes(),
+            )
+        )
+        return submission.id
+
+
 def make_api_key(database_url: str, tenant_id: uuid.UUID, role: str, name: str | None) -> str:
     """Another key of a tenant, e.g. a second reviewer with a name of their own."""
     with session_scope(get_sessionmaker(database_url)) as session:

@@ -22,11 +22,9 @@ class DomainError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """Response headers that belong to this error (a challenge, a time to come back)."""
-        return {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        # Response headers that come with this error (Retry-After; the handler adds the
+        # WWW-Authenticate challenge to every 401).
+        self.headers: dict[str, str] = {}
 
 
 class BadRequest(DomainError):
@@ -78,10 +76,7 @@ class ServiceUnavailable(DomainError):
     def __init__(self, detail: str, *, retry_after: int = 5) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
+        self.headers["Retry-After"] = str(retry_after)
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -89,3 +84,12 @@ def describe_exception(exc: BaseException) -> str:
     message = " ".join(_OBJECT_REPR.sub("", str(exc)).split())
     kind = type(exc).__name__
     return f"{kind}: {message}" if message else kind
+
+
+class TooManyRequests(DomainError):
+    status, title, type_slug = 429, "Too many requests", "too-many-requests"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+        self.headers["Retry-After"] = str(retry_after_s)

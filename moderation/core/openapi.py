@@ -6,7 +6,7 @@ repeat the same declarations, the document FastAPI builds is completed here, rou
 
 - a route whose dependencies include a `RoleRequirement` (the API-key dependency) is secured:
   it gets the bearer security requirement, `x-roles` and a "Roles:" line in its description,
-  and 401 and 403 problems;
+  and 401, 403 and 429 problems (every key has rate limits);
 - a route with parameters or a body can answer 422, a route with a body 413 (the body-size cap
   covers every route) and 400 (a body unreadable as its type), a route with a path parameter
   404, a secured route 503 (authentication reads the database);
@@ -233,6 +233,7 @@ def _complete_operation(
         _ensure_problem(responses, 403)
         # Authentication reads the database: while it is away, every secured route says 503.
         _ensure_problem(responses, 503)
+        _ensure_problem(responses, 429)
     has_body = "requestBody" in operation or (
         method in _METHODS_WITH_BODY and bool(route.dependant.body_params)
     )

@@ -125,13 +125,16 @@ def problem_response(
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
+        headers = dict(exc.headers)
+        if exc.status == 401:
+            headers.setdefault("WWW-Authenticate", "Bearer")
         return problem_response(
             exc.status,
             exc.title,
             exc.detail,
             type_slug=exc.type_slug,
             errors=exc.errors,
-            headers=exc.headers or None,
+            headers=headers or None,
         )
 
     @app.exception_handler(RequestValidationError)

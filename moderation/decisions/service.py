@@ -53,6 +53,9 @@ def record_decision(
     )
     submission.lease_token = None
     submission.lease_expires_at = None
+    # Any new decision ends a pending re-drive; the pipeline schedules the next one afresh.
+    submission.redrive_at = None
+    submission.redrive_until = None
     event = "review_required" if outcome.action is Action.review else "decided"
     data: dict[str, Any] = {"action": outcome.action.value, "source": source.value}
     if outcome.reason:

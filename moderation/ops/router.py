@@ -16,7 +16,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from moderation.config import Settings
 from moderation.submissions.models import Submission
+from moderation.vlm.service import circuit_summary
 
 logger = logging.getLogger(__name__)
 
@@ -139,11 +141,35 @@ def readyz(request: Request) -> JSONResponse:
         return bool(request.app.state.vlm_client().ping(timeout=2.0))
 
     checks = _run_checks({"database": database, "broker": broker, "model": model})
+    model_check = next(check for check in checks if check["name"] == "model")
+    _add_circuit_state(model_check, factory, request.app.state.settings)
     failing = [check["name"] for check in checks if not check["ok"]]
     return JSONResponse(
         {"status": "not_ready" if failing else "ready", "failing": failing, "checks": checks},
         status_code=503 if failing else 200,
     )
+
+
+def _add_circuit_state(
+    check: dict[str, Any], factory: sessionmaker[Session], settings: Settings
+) -> None:
+    """The workers' circuit breakers: the model counts as down while any of them is open,
+    even if it answers the API's own ping (they saw it fail; it may be failing still)."""
+    try:
+        with factory() as session:
+            summary = circuit_summary(session, settings)
+    except Exception:
+        return  # the database check already says what is wrong
+    check["circuit"] = {
+        "state": summary.state.value,
+        "workers": summary.workers,
+        "open_workers": summary.open_workers,
+    }
+    if summary.open_workers:
+        check["ok"] = False
+        check["error"] = (
+            f"circuit breaker open in {summary.open_workers} of {summary.workers} workers"
+        )
 
 
 class SubmissionCollector(Collector):

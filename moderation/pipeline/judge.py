@@ -19,7 +19,7 @@ from moderation.media.decode import (
     NormalizedMedia,
     normalize_media,
 )
-from moderation.media.errors import MediaError, OriginalGone
+from moderation.media.errors import ImageFetchError, MediaError, OriginalGone
 from moderation.media.fetch import fetch_image
 from moderation.pipeline.runtime import PipelineRuntime
 from moderation.policies.schemas import PolicyDocument
@@ -66,6 +66,13 @@ class JudgedWork:
     reused: Verdict | None = None
     # For each image the model was shown, in prompt order: (uploaded file's position, frame).
     image_refs: list[tuple[int, int]] = field(default_factory=list)
+    # The failure may pass by itself (model or image host down): worth judging again later.
+    retryable: bool = False
+
+    @property
+    def tokens(self) -> int:
+        """Model tokens these calls spent (prompt and completion), for the tenant's budget."""
+        return sum((call.input_tokens or 0) + (call.output_tokens or 0) for call in self.calls)
 
 
 def judge_content(
@@ -77,13 +84,16 @@ def judge_content(
     deadline: float,
     cache_tenant: uuid.UUID | None = None,
     priority: CallPriority = CallPriority.live,
+    budget_exhausted: str | None = None,
 ) -> JudgedWork:
     """Everything between the stored submission and its outcome; raises only on bugs.
 
     With `cache_tenant`, an earlier verdict of that tenant for the byte-identical prompt is
     reused instead of a model call. The model call waits for one of the process's model slots
     at `priority` (see `moderation.vlm.slots`); no slot before the deadline is the same as a
-    model that did not answer.
+    model that did not answer. `budget_exhausted` (why the
+    tenant may not spend more model tokens today) stops the judgement where a model call would
+    be needed, in review; media checks and reused verdicts cost no tokens and still run.
     """
     results: list[ImageResult] = []
     for source in images:
@@ -100,6 +110,7 @@ def judge_content(
                 failure(ReviewReason(exc.reason)),
                 detail=f"image {source.position}: {exc}",
                 images=results,
+                retryable=isinstance(exc, ImageFetchError) and exc.transient,
             )
 
     model_images, image_refs = _model_images(results)
@@ -114,16 +125,23 @@ def judge_content(
                 reused=reused,
                 image_refs=image_refs,
             )
+    if budget_exhausted is not None:
+        return JudgedWork(
+            failure(ReviewReason.budget_exceeded), detail=budget_exhausted, images=results
+        )
     with runtime.model_slots.hold(priority, deadline=deadline) as held:
         if not held:
             return JudgedWork(
                 failure(ReviewReason.model_unavailable),
                 detail="no model slot came free before the deadline",
                 images=results,
+                retryable=True,
             )
         judgement = runtime.vlm.judge(policy, model_images, text, deadline=deadline)
     if judgement.failure_reason is not None or judgement.verdict is None:
-        last_error = next((c.error for c in reversed(judgement.calls) if c.error), None)
+        last_error = judgement.failure_detail or next(
+            (c.error for c in reversed(judgement.calls) if c.error), None
+        )
         reason = ReviewReason(judgement.failure_reason or "invalid_model_output")
         return JudgedWork(
             failure(reason),
@@ -131,6 +149,7 @@ def judge_content(
             images=results,
             calls=judgement.calls,
             image_refs=image_refs,
+            retryable=reason is ReviewReason.model_unavailable,
         )
     outcome = with_evidence(decide(judgement.verdict, policy), judgement.verdict, image_refs)
     return JudgedWork(

@@ -21,6 +21,7 @@ from moderation.pipeline.verdicts import verdict_rows
 from moderation.policies import service as policies
 from moderation.policies.schemas import PolicyDocument
 from moderation.submissions.models import VerdictRole
+from moderation.tenants.service import record_token_usage
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ def _store(run: ShadowRun, judged: JudgedWork, runtime: PipelineRuntime) -> None
             )
         )
         policies.settle_shadow_calls(session, run.tenant_id, reserved=1, made=len(judged.calls))
+        # Shadow calls are model calls like any other: they count against the token budget.
+        record_token_usage(session, run.tenant_id, judged.tokens)
         data: dict[str, object] = {
             "policy_version": run.version.policy.version,
             "action": outcome.action.value,

@@ -60,6 +60,13 @@ def read_queue(
         Duration | None, Query(description="waiting at most this long: seconds or ISO 8601")
     ] = None,
     sla_breached: Annotated[bool | None, Query(description="only late, or only on-time")] = None,
+    include_redrive: Annotated[
+        bool,
+        Query(
+            description="also list tasks of submissions an outage sent here, which are judged "
+            "again automatically while their re-drive window lasts"
+        ),
+    ] = False,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: CursorParam = None,
 ) -> ReviewQueuePage:
@@ -74,6 +81,7 @@ def read_queue(
         older_than=older_than,
         newer_than=newer_than,
         sla_breached=sla_breached,
+        include_redrive=include_redrive,
     )
     return service.read_queue(session, principal, query, limit=limit, cursor=cursor)
 

@@ -78,6 +78,11 @@ class ClaimRequest(BaseModel):
         "default when absent, and at most its maximum.",
     )
     kind: TaskKind | None = Field(default=None, description="Take only tasks of this kind.")
+    include_redrive: bool = Field(
+        default=False,
+        description="Also take tasks of submissions an outage sent to review, which are judged "
+        "again automatically while their re-drive window lasts.",
+    )
 
 
 class RenewRequest(BaseModel):

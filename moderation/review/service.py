@@ -71,6 +71,7 @@ class QueueQuery:
     older_than: timedelta | None = None
     newer_than: timedelta | None = None
     sla_breached: bool | None = None
+    include_redrive: bool = False
 
 
 def _is_admin(principal: Principal) -> bool:
@@ -98,6 +99,7 @@ def read_queue(
         older_than=query.older_than,
         newer_than=query.newer_than,
         sla_breached=query.sla_breached,
+        include_redrive=query.include_redrive,
     )
     after = _decode_queue_cursor(cursor) if cursor else None
     rows = repository.queue_page(
@@ -186,6 +188,7 @@ def claim_tasks(
         kind=request.kind,
         reviewer_key_id=principal.key_id,
         reviewer_name=principal.name,
+        include_redrive=request.include_redrive,
     )
     for task in tasks:
         if task.status is TaskStatus.claimed:

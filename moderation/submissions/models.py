@@ -45,6 +45,12 @@ class Submission(UUIDKey, CreatedAt, Base):
         Index("ix_submissions_tenant_created", "tenant_id", "created_at", "id"),
         # The relay's sweep: work that is queued or whose lease ran out.
         Index("ix_submissions_status_queued_at", "status", "queued_at"),
+        # The re-drive sweep; only the few rows awaiting one are indexed.
+        Index(
+            "ix_submissions_redrive_at",
+            "redrive_at",
+            postgresql_where=text("redrive_at IS NOT NULL"),
+        ),
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"))
@@ -62,6 +68,14 @@ class Submission(UUIDKey, CreatedAt, Base):
     lease_token: Mapped[uuid.UUID | None]
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Re-drive: set while a submission that went to review for a passing outage (model down,
+    # image host down) waits to be judged again by itself. Reviewers' queues hide it meanwhile
+    # (see `repository.awaiting_redrive`). `redrive_until` closes the window; `redrives` counts
+    # the automatic re-judgements, so each one's backoff doubles and attempts that ended in a
+    # decision are not held against `max_attempts`.
+    redrive_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    redrive_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    redrives: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, defer
 
@@ -400,6 +401,26 @@ def find_reusable_verdict(
     ).one_or_none()
 
 
+def renew_leases(
+    session: Session, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], lease: timedelta
+) -> set[uuid.UUID]:
+    """Extend every lease still held (same token, still processing); returns the renewed ids.
+
+    A lease that ran out but was not taken by anyone yet is renewed too: nobody else owns it.
+    """
+    rows = session.execute(
+        update(Submission)
+        .where(
+            tuple_(Submission.id, Submission.lease_token).in_(list(leases)),
+            Submission.status == SubmissionStatus.processing,
+        )
+        .values(lease_expires_at=func.now() + lease)
+        .returning(Submission.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(rows.scalars())
+
+
 def lock_if_leased(
     session: Session, submission_id: uuid.UUID, lease_token: uuid.UUID
 ) -> Submission | None:
@@ -434,6 +455,35 @@ def stalled(session: Session, *, grace: timedelta, limit: int) -> list[Submissio
                 )
             )
             .order_by(Submission.queued_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+
+
+def awaiting_redrive() -> ColumnElement[bool]:
+    """True for a submission in a re-drive cycle: sent to review by an outage and due to be
+    judged again by itself (waiting for its turn, or being re-judged right now).
+
+    Review queues leave these out unless asked (`?include_redrive=true`): a reviewer would only
+    duplicate the re-drive. A decision of any kind, or the end of the re-drive window, clears it.
+    """
+    return Submission.redrive_until.is_not(None)
+
+
+def count_awaiting_redrive(session: Session) -> int:
+    return int(session.scalar(select(func.count()).where(awaiting_redrive())) or 0)
+
+
+def due_for_redrive(session: Session, *, limit: int) -> list[Submission]:
+    return list(
+        session.scalars(
+            select(Submission)
+            .where(
+                Submission.redrive_at <= func.now(),
+                Submission.status == SubmissionStatus.in_review,
+            )
+            .order_by(Submission.redrive_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )

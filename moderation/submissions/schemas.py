@@ -224,6 +224,17 @@ class PolicyRef(BaseModel):
     version: int
 
 
+class RedriveRead(BaseModel):
+    """An outage (model or image host down) sent the submission to review; it will be judged
+    again automatically, and reviewers do not see it meanwhile."""
+
+    next_at: datetime | None = Field(
+        description="when it is judged again; null while that is under way"
+    )
+    until: datetime = Field(description="the end of the re-drive window; then it stays in review")
+    redrives: int = Field(description="automatic re-judgements so far")
+
+
 class SubmissionRead(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [examples.SUBMISSION]})
 
@@ -242,6 +253,7 @@ class SubmissionRead(BaseModel):
     )
     images: list[ImageRead]
     attempts: int
+    redrive: RedriveRead | None = None
     created_at: datetime
     updated_at: datetime
 

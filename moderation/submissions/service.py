@@ -41,6 +41,7 @@ from moderation.submissions.schemas import (
     FrameRead,
     ImageRead,
     PolicyRef,
+    RedriveRead,
     ShadowOutcomeRead,
     SubmissionCreate,
     SubmissionRead,
@@ -303,6 +304,13 @@ def present_submission(session: Session, submission: Submission) -> SubmissionRe
         ],
         images=_present_images(session, submission.id),
         attempts=submission.attempts,
+        redrive=RedriveRead(
+            next_at=submission.redrive_at,
+            until=submission.redrive_until,
+            redrives=submission.redrives,
+        )
+        if submission.redrive_until is not None
+        else None,
         created_at=submission.created_at,
         updated_at=submission.updated_at,
     )

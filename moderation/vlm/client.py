@@ -23,6 +23,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessageParam, comple
 
 from moderation.config import Settings
 from moderation.policies.schemas import PolicyDocument
+from moderation.vlm.breaker import CircuitBreaker
 from moderation.vlm.errors import InvalidVerdict, ModelUnavailable, ProviderRefused
 from moderation.vlm.prompt import ModelImage, build_messages, prompt_sha256, render_policy_prompt
 from moderation.vlm.verdict import (
@@ -69,6 +70,8 @@ class Judgement:
     verdict: ModelVerdict | None
     calls: list[ModelCall]
     failure_reason: FailureReason | None
+    # Why there is no verdict, when no call recorded it (the circuit breaker refused the call).
+    failure_detail: str | None = None
 
 
 class VLMClient:
@@ -81,6 +84,11 @@ class VLMClient:
             api_key=settings.vlm_api_key.get_secret_value(),
             timeout=openai.Timeout(settings.vlm_timeout_s),
             max_retries=0,
+        )
+        self.circuit = CircuitBreaker(
+            settings.vlm_breaker_failures,
+            settings.vlm_breaker_cooldown_s,
+            probe_timeout_s=settings.vlm_timeout_s + 1.0,
         )
 
     def judge(
@@ -106,8 +114,13 @@ class VLMClient:
         calls: list[ModelCall] = []
         try:
             verdict = self._ask_with_one_correction(request, calls)
-        except ModelUnavailable:
-            return Judgement(verdict=None, calls=calls, failure_reason="model_unavailable")
+        except ModelUnavailable as exc:
+            return Judgement(
+                verdict=None,
+                calls=calls,
+                failure_reason="model_unavailable",
+                failure_detail=str(exc),
+            )
         except ProviderRefused:
             return Judgement(verdict=None, calls=calls, failure_reason="provider_refused")
         except InvalidVerdict:
@@ -155,6 +168,8 @@ class VLMClient:
         last_failure = "no attempt was made"
         for attempt in range(attempts):
             timeout = self._time_for_call(request.deadline)
+            # An open breaker ends the exchange here, without a call: the outage is known.
+            self.circuit.before_call()
             started = time.monotonic()
             retry_after: float | None = None
             try:
@@ -162,6 +177,11 @@ class VLMClient:
             except openai.APIStatusError as exc:
                 last_failure = _describe_error(exc)
                 calls.append(self._failed_call(digest, last_failure, started))
+                if exc.status_code >= 500:
+                    self.circuit.record_failure(last_failure)
+                else:
+                    # A 4xx is an answer about this request: the server itself is up.
+                    self.circuit.record_success()
                 if _is_provider_refusal(exc):
                     raise ProviderRefused(last_failure) from exc
                 if exc.status_code < 500 and exc.status_code not in _TRANSIENT_4XX:
@@ -170,11 +190,14 @@ class VLMClient:
             except openai.APIConnectionError as exc:  # timeouts included
                 last_failure = _describe_error(exc)
                 calls.append(self._failed_call(digest, last_failure, started))
+                self.circuit.record_failure(last_failure)
             except openai.OpenAIError as exc:
                 last_failure = _describe_error(exc)
                 calls.append(self._failed_call(digest, last_failure, started))
+                self.circuit.record_failure(last_failure)
                 raise ModelUnavailable(last_failure) from exc
             else:
+                self.circuit.record_success()
                 return self._read_completion(request, completion, digest, started, calls)
             if attempt + 1 < attempts:
                 self._wait_before_retry(
