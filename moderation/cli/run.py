@@ -60,6 +60,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
             "worker",
             "--pool=threads",
             f"--concurrency={concurrency}",
+            # A node name of its own per process: on RabbitMQ, a second worker on the same host
+            # under the default name fails on the first one's exclusive control queue.
+            f"--hostname=moderation-{os.getpid()}@%h",
             f"--loglevel={settings.log_level.upper()}",
             f"--queues={settings.queue_name}",
             "--without-gossip",
