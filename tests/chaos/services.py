@@ -58,9 +58,10 @@ class PrivateRedis:
 
     def start(self) -> None:
         log = (self.workdir / "redis.log").open("ab")
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--daemonize", "no", "--dir", str(self.workdir)]  # fmt: skip
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--dir", str(self.workdir)],  # fmt: skip
+            argv,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
