@@ -277,6 +277,17 @@ class Ledger:
                 raise AssertionError(f"fewer than {at_least} settled: {dict(self.statuses())}")
             time.sleep(0.1)
 
+    def decision_reasons(self) -> dict[str, int]:
+        """Automatic decisions by review reason ("-" for none): what an outage sent to review."""
+        rows = self._rows(
+            "SELECT coalesce(d.reason, '-'), count(*) FROM decisions d "
+            "JOIN submissions s ON s.id = d.submission_id "
+            "WHERE s.tenant_id = %s AND d.source = ANY(%s) GROUP BY 1",
+            self.tenant_id,
+            list(AUTOMATIC_SOURCES),
+        )
+        return {str(reason): int(count) for reason, count in rows}
+
     def delivery_states(self) -> dict[str, int]:
         try:
             rows = self._rows(
@@ -300,7 +311,7 @@ class Ledger:
               (SELECT count(*) FROM audit_events a
                 WHERE a.submission_id = s.id AND a.event = 'redriven'),
               (SELECT count(*) FROM decisions d
-                WHERE d.submission_id = s.id AND d.action = 'allow' AND d.source = 'system')
+                WHERE d.submission_id = s.id AND d.action <> 'review' AND d.source = 'system')
             FROM submissions s WHERE s.tenant_id = %s
             """,
             list(AUTOMATIC_SOURCES),
