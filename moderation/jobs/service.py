@@ -65,6 +65,13 @@ class JobKind:
     max_attempts: int = 5
     # How long one run may take before another worker may assume this one died.
     lease_s: float = 300.0
+    # For a kind whose runs are bounded by settings: the lease derived from them instead.
+    lease_from_settings: Callable[[Settings], float] | None = None
+
+    def lease(self, settings: Settings | None) -> float:
+        if settings is not None and self.lease_from_settings is not None:
+            return self.lease_from_settings(settings)
+        return self.lease_s
 
 
 @dataclass(frozen=True)
@@ -116,15 +123,21 @@ def enqueue_job(
     return repository.insert_job(session, kind, payload, run_at=run_at, key=key)
 
 
-def claim_due_jobs(sessions: sessionmaker[Session], kind: JobKind, limit: int) -> list[ClaimedJob]:
+def claim_due_jobs(
+    sessions: sessionmaker[Session],
+    kind: JobKind,
+    limit: int,
+    settings: Settings | None = None,
+) -> list[ClaimedJob]:
     if limit <= 0:
         return []
+    lease_s = kind.lease(settings)
     claimed_at = time.monotonic()
     with session_scope(sessions) as session:
         jobs = repository.claim_due(
-            session, kind.name, limit=limit, lease=timedelta(seconds=kind.lease_s)
+            session, kind.name, limit=limit, lease=timedelta(seconds=lease_s)
         )
-        return [_claimed(job, claimed_at + kind.lease_s) for job in jobs]
+        return [_claimed(job, claimed_at + lease_s) for job in jobs]
 
 
 def _claimed(job: Job, lease_ends: float) -> ClaimedJob:

@@ -52,8 +52,8 @@ logger = logging.getLogger(__name__)
 USER_AGENT = "moderation-webhooks/0.1"
 AUDIT_ACTOR = "webhooks"
 _SNIPPET_BYTES = 1024
-# Time allowed beyond the request's own timeout before a silent attempt counts as dead.
-_IN_FLIGHT_MARGIN_S = 30.0
+# The job's claim outlasts the attempt's in-flight mark by this much, for the bookkeeping.
+_LEASE_MARGIN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -95,15 +95,18 @@ def deliver_from_job(payload: Mapping[str, Any], context: JobContext) -> JobOutc
 
 
 def _in_flight_s(settings: Settings) -> float:
-    return settings.webhook_timeout_s + _IN_FLIGHT_MARGIN_S
+    """How long an attempt counts as on the wire: its timeout, then a grace for the record."""
+    return settings.webhook_timeout_s + settings.webhook_attempt_grace_s
 
 
 DELIVER_EVENT = JobKind(
     DELIVER_JOB,
     deliver_from_job,
     max_attempts=10,
-    # Longer than one attempt (at most 60 s) plus its bookkeeping.
+    # Without settings at hand: longer than any attempt (at most 60 s) plus the default grace.
     lease_s=120.0,
+    # A worker killed mid-attempt holds its delivery only as long as an attempt may take.
+    lease_from_settings=lambda settings: _in_flight_s(settings) + _LEASE_MARGIN_S,
 )
 
 

@@ -54,6 +54,9 @@ FAST_RECOVERY_ENV = {
     "MODERATION_WEBHOOK_RETRY_JITTER": "0",
     "MODERATION_WEBHOOK_TIMEOUT_S": "3",
     "MODERATION_WEBHOOK_CONNECT_TIMEOUT_S": "2",
+    # An attempt cut short by a kill is sent again after timeout + grace; the grace outlasts
+    # the 10 s database stop, so no answer a receiver gave goes unrecorded.
+    "MODERATION_WEBHOOK_ATTEMPT_GRACE_S": "12",
     "MODERATION_LOG_LEVEL": "INFO",
 }
 

@@ -178,6 +178,15 @@ def test_a_lease_that_runs_out_lets_another_worker_take_the_job(context, kind_na
     assert job(context, job_id) is None
 
 
+def test_a_lease_can_follow_the_settings_that_bound_a_run(context, kind_name):
+    kind = JobKind(kind_name, noop, lease_s=300, lease_from_settings=lambda s: 0.2)
+    [job_id] = enqueue(context, kind_name)
+    [first] = claim_due_jobs(context.sessions, kind, 1, context.settings)
+    threading.Event().wait(0.4)
+    [second] = claim_due_jobs(context.sessions, kind, 1, context.settings)
+    assert second.id == first.id == job_id
+
+
 def test_a_key_keeps_one_live_job_and_brings_it_forward(context, kind_name):
     key = f"{kind_name}:thing"
     [first] = enqueue(context, kind_name, key=key, run_at=utcnow() + timedelta(hours=2))
