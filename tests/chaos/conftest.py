@@ -202,9 +202,10 @@ def deploy(
         get_engine(chaos_database).dispose()
         stack = Stack(env, tmp_path, request.node.name)
         started.append(stack)
-        stack.start_api()
         for _ in range(workers):
             stack.start_worker(concurrency)
+        stack.start_api()
+        stack.wait_api_ready()
         return Deployment(stack, keys, Ledger(chaos_database, keys.tenant_id, endpoint), endpoint)
 
     yield build

@@ -45,16 +45,6 @@ class Proc:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
 
-    def stop(self, timeout: float = 15) -> None:
-        if not self.alive():
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
     def tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
@@ -84,6 +74,9 @@ class Stack:
         port = free_port()
         self.api = self._spawn("api", ["api", "--host", "127.0.0.1", "--port", str(port)])
         self.api_url = f"http://127.0.0.1:{port}"
+
+    def wait_api_ready(self) -> None:
+        assert self.api is not None
         deadline = time.monotonic() + 60
         while True:
             if not self.api.alive():
@@ -116,8 +109,18 @@ class Stack:
                 time.sleep(0.1)
 
     def close(self) -> None:
-        for proc in [*self.workers, *([self.api] if self.api else [])]:
-            proc.stop()
+        """Stop everything at once; whatever does not stop within seconds is killed."""
+        procs = [*self.workers, *([self.api] if self.api else [])]
+        for proc in procs:
+            if proc.alive():
+                proc.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for proc in procs:
+            try:
+                proc.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.process.kill()
+                proc.process.wait()
 
     def logs(self) -> str:
         procs = [*([self.api] if self.api else []), *self.workers]
