@@ -19,6 +19,7 @@ from moderation.ops.router import SubmissionCollector
 from moderation.ops.router import router as ops_router
 from moderation.policies.metrics import ShadowCollector
 from moderation.policies.router import router as policies_router
+from moderation.reports.router import router as reports_router
 from moderation.review.metrics import ReviewCollector
 from moderation.review.router import appeals_router
 from moderation.review.router import router as review_router
@@ -70,4 +71,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(review_router)
     app.include_router(appeals_router)
     app.include_router(webhooks_router)
+    app.include_router(reports_router)
     return app

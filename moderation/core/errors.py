@@ -31,6 +31,10 @@ class NotFound(DomainError):
     status, title, type_slug = 404, "Not found", "not-found"
 
 
+class NotAcceptable(DomainError):
+    status, title, type_slug = 406, "Not acceptable", "not-acceptable"
+
+
 class Conflict(DomainError):
     status, title, type_slug = 409, "Conflict", "conflict"
 

@@ -39,6 +39,7 @@ _DESCRIPTIONS = {
     401: "Missing or unknown API key",
     403: "The key's role may not do this",
     404: "No such object for this tenant",
+    406: "None of the media types in `Accept` can be produced",
     409: "Conflicts with the object's current state",
     413: "The request body is too large",
     415: "Unsupported content type",

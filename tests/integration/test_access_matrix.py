@@ -120,6 +120,7 @@ ROUTES = [
     ),
     Route("GET", "/v1/webhooks/deliveries", ADMIN, cross_tenant=False, lists="delivery_id"),
     Route("GET", "/v1/webhooks/endpoints", ADMIN, cross_tenant=False),
+    Route("GET", "/v1/reports/agreement", ADMIN, cross_tenant=False),
     Route("POST", "/v1/webhooks/deliveries/{delivery_id}/redeliver", ADMIN, ok={202, 409}),
     Route(
         "POST", "/v1/submissions/{submission_id}/appeals", INGEST, ok={201, 409},
