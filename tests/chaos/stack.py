@@ -122,6 +122,11 @@ class Stack:
                 proc.process.kill()
                 proc.process.wait()
 
+    def worker_restarts(self) -> int:
+        """How often a worker started itself again after Celery gave up on an error."""
+        restarted = "stopped on an unrecoverable error; starting it again"
+        return sum(worker.tail(10_000_000).count(restarted) for worker in self.workers)
+
     def logs(self) -> str:
         procs = [*([self.api] if self.api else []), *self.workers]
         return "\n".join(f"--- {proc.name}\n{proc.tail()}" for proc in procs)

@@ -56,6 +56,7 @@ def test_a_broker_restart_mid_run_loses_nothing_and_decides_nothing_twice(
     figures.submitted = len(ids)
     figures.recovery_s = ledger.wait_quiet(ids, timeout=90)
     problems = ledger.check(figures, ids)
+    figures.notes["workers restarted in place"] = stack.worker_restarts()
     figures.total_s = time.monotonic() - started
     report(figures)
     dead = [worker for worker in stack.workers if not worker.alive()]

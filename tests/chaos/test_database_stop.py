@@ -48,6 +48,7 @@ def test_a_database_stop_mid_run_loses_nothing_and_decides_nothing_twice(
 
     figures.recovery_s = ledger.wait_quiet(ids, timeout=100)
     problems = ledger.check(figures, ids)
+    figures.notes["workers restarted in place"] = stack.worker_restarts()
     figures.total_s = time.monotonic() - started
     report(figures)
     dead = [worker for worker in stack.workers if not worker.alive()]

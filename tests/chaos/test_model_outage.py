@@ -63,6 +63,7 @@ def test_a_model_outage_of_30_s_lets_nothing_through_and_loses_nothing(
     problems = ledger.check(figures, ids)
     reasons = ledger.decision_reasons()
     figures.notes["sent to review by the outage"] = reasons.get("model_unavailable", 0)
+    figures.notes["workers restarted in place"] = stack.worker_restarts()
     figures.total_s = time.monotonic() - started
     report(figures)
     assert not problems, problems

@@ -49,6 +49,7 @@ def test_kill_9_of_a_worker_loses_nothing_and_decides_nothing_twice(
     figures.recovery_s = ledger.wait_quiet(ids, timeout=100)
     assert time.monotonic() - killed_at >= figures.recovery_s
     problems = ledger.check(figures, ids, cut_at=killed_at)
+    figures.notes["workers restarted in place"] = stack.worker_restarts()
     figures.total_s = time.monotonic() - started
     report(figures)
     assert figures.in_flight >= ITEMS // 2, "the kill came too late to test much"
