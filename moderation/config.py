@@ -44,6 +44,17 @@ class Settings(BaseSettings):
     # Model calls a tenant's shadow policy versions may make per UTC day; past it, live traffic
     # is decided as usual and the shadow run is skipped (and counted). 0 turns shadows off.
     shadow_daily_call_cap: int = Field(default=1000, ge=0)
+    # Backtests share the model with live traffic at lower priority: at most this fraction of
+    # VLM_MAX_CONCURRENCY (at least one) per worker process, and only while no live judgement
+    # waits for a slot.
+    backtest_share: float = Field(default=0.25, gt=0, le=1)
+    # One run of a backtest job judges items for about this long, then gives its sweeper slot
+    # back and is woken again at once; a worker that dies loses at most one slice of work.
+    backtest_slice_s: float = Field(default=60.0, gt=0, le=600)
+    # When the model cannot be reached, a backtest waits this long before trying its items
+    # again, and gives an item up after this many tries.
+    backtest_retry_delay_s: float = Field(default=30.0, ge=0, le=3600)
+    backtest_item_max_attempts: int = Field(default=3, ge=1, le=20)
     # Qwen2/2.5-VL merge 2x2 patches of 14 px (28 px per token); Qwen3-VL uses 16 px (32).
     # None means "infer from the model name".
     vlm_patch_unit: Literal[28, 32] | None = None
@@ -165,6 +176,11 @@ class Settings(BaseSettings):
     def request_max_bytes(self) -> int:
         """The largest request worth reading: every image at the cap, base64-encoded."""
         return self.image_max_count * (self.image_max_bytes * 4 // 3 + 1024) + 1024 * 1024
+
+    @property
+    def backtest_concurrency(self) -> int:
+        """Model calls in flight for backtests, per worker process."""
+        return max(1, int(self.vlm_max_concurrency * self.backtest_share))
 
     @property
     def patch_unit(self) -> int:

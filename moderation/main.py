@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client.registry import CollectorRegistry
 
+from moderation.backtests.router import router as backtests_router
 from moderation.config import Settings, get_settings
 from moderation.core.limits import BodySizeLimit
 from moderation.core.openapi import install_openapi, operation_id
@@ -72,4 +73,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(appeals_router)
     app.include_router(webhooks_router)
     app.include_router(reports_router)
+    app.include_router(backtests_router)
     return app

@@ -1,6 +1,7 @@
 """Every table, imported in one place so Alembic sees the whole schema."""
 
 from moderation.audit.models import AuditEvent
+from moderation.backtests.models import Backtest, BacktestItem
 from moderation.core.models import Base
 from moderation.decisions.models import Decision, ShadowOutcome
 from moderation.jobs.models import Job
@@ -18,6 +19,8 @@ from moderation.webhooks.models import (
 __all__ = [
     "ApiKey",
     "AuditEvent",
+    "Backtest",
+    "BacktestItem",
     "Base",
     "Decision",
     "InboundWebhook",

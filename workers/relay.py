@@ -19,10 +19,11 @@ from moderation.jobs.service import JobContext, JobKind
 from moderation.jobs.sweeper import PeriodicSweep, Sweeper
 from moderation.pipeline.relay import requeue_stalled_submissions
 from moderation.webhooks.delivery import DELIVER_EVENT
+from workers.tasks.backtests import RUN_BACKTEST
 from workers.tasks.moderation import runtime
 
 # Every kind of job this worker can run; a room that adds one lists it here.
-JOB_KINDS: list[JobKind] = [DELIVER_EVENT]
+JOB_KINDS: list[JobKind] = [DELIVER_EVENT, RUN_BACKTEST]
 
 _stop = threading.Event()
 _sweeper: Sweeper | None = None

@@ -11,12 +11,12 @@ import argparse
 import json
 import sys
 
-from moderation.cli import audit, policies, reports, run, tenants
+from moderation.cli import audit, backtests, policies, reports, run, tenants
 from moderation.cli.base import CommandFailed, configure_logging, logger
 from moderation.config import get_settings
 from moderation.core.errors import DomainError
 
-COMMAND_GROUPS = (run, tenants, policies, audit, reports)
+COMMAND_GROUPS = (run, tenants, policies, audit, reports, backtests)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from moderation.submissions import repository
 from moderation.submissions.models import Verdict
 from moderation.vlm.client import ModelCall
 from moderation.vlm.prompt import ModelImage
+from moderation.vlm.slots import CallPriority
 from moderation.vlm.verdict import ModelVerdict
 
 
@@ -59,11 +60,14 @@ def judge_content(
     *,
     deadline: float,
     cache_tenant: uuid.UUID | None = None,
+    priority: CallPriority = CallPriority.live,
 ) -> JudgedWork:
     """Everything between the stored submission and its outcome; raises only on bugs.
 
     With `cache_tenant`, an earlier verdict of that tenant for the byte-identical prompt is
-    reused instead of a model call.
+    reused instead of a model call. The model call waits for one of the process's model slots
+    at `priority` (see `moderation.vlm.slots`); no slot before the deadline is the same as a
+    model that did not answer.
     """
     settings = runtime.settings
     results: list[ImageResult] = []
@@ -104,7 +108,14 @@ def judge_content(
             return JudgedWork(
                 decide(verdict, policy), detail=verdict.rationale, images=results, reused=reused
             )
-    judgement = runtime.vlm.judge(policy, model_images, text, deadline=deadline)
+    with runtime.model_slots.hold(priority, deadline=deadline) as held:
+        if not held:
+            return JudgedWork(
+                failure(ReviewReason.model_unavailable),
+                detail="no model slot came free before the deadline",
+                images=results,
+            )
+        judgement = runtime.vlm.judge(policy, model_images, text, deadline=deadline)
     if judgement.failure_reason is not None or judgement.verdict is None:
         last_error = next((c.error for c in reversed(judgement.calls) if c.error), None)
         reason = ReviewReason(judgement.failure_reason or "invalid_model_output")

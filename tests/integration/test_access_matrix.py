@@ -65,6 +65,12 @@ def policy_draft(objects: TenantObjects) -> dict[str, Any]:
     return objects.world.policy_draft
 
 
+def new_backtest(objects: TenantObjects) -> dict[str, Any]:
+    """A backtest of the active version over the tenant's decided submission (made if need be)."""
+    objects["submission_id"]
+    return {"policy": "default", "draft_version": 1, "sample": {"limit": 5}}
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -126,6 +132,10 @@ ROUTES = [
         "POST", "/v1/submissions/{submission_id}/appeals", INGEST, ok={201, 409},
         body=lambda _: {"reason": "this is my own artwork"},
     ),
+    # The body names the caller's own policy by slug: no other tenant's object in the path.
+    Route("POST", "/v1/backtests", ADMIN, ok={202}, body=new_backtest, cross_tenant=False),
+    Route("GET", "/v1/backtests", ADMIN, cross_tenant=False, lists="backtest_id"),
+    Route("GET", "/v1/backtests/{backtest_id}", ADMIN),
 ]  # fmt: skip
 
 
@@ -205,7 +215,20 @@ def make_delivery(world: World, tenant: TenantKeys) -> str:
     return str(deliveries.json()["items"][0]["id"])
 
 
+def make_backtest(world: World, tenant: TenantKeys) -> str:
+    """A backtest over a decided submission of the tenant."""
+    make_submission(world, tenant)
+    started = world.http.post(
+        "/v1/backtests",
+        json={"policy": "default", "draft_version": 1, "sample": {"limit": 5}},
+        headers=tenant.headers("admin"),
+    )
+    assert started.status_code == 202, started.text
+    return str(started.json()["id"])
+
+
 OBJECT_MAKERS: dict[str, Callable[[World, TenantKeys], str]] = {
+    "backtest_id": make_backtest,
     "delivery_id": make_delivery,
     "submission_id": make_submission,
     "task_id": make_review_task,
