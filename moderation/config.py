@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     # The whole attempt: connect, send, and the receiver's answer (the delivery's lease in the
     # job table outlasts it).
     webhook_timeout_s: float = Field(default=15.0, gt=0, le=60)
+    # How long past its timeout an attempt still counts as in flight. A worker that dies
+    # mid-attempt leaves its delivery for this long (plus the timeout) before another worker
+    # sends it again; a database that is away that long cannot make a second POST either.
+    webhook_attempt_grace_s: float = Field(default=30.0, ge=1, le=600)
     # Callback hosts that may be called although private ("host:port", like the fetch list);
     # kept apart so that a media store open to fetches does not also take tenants' POSTs.
     callback_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -50,6 +50,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport_options["visibility_timeout"] = int(settings.broker_visibility_timeout_s)
     # kombu's SQL transport (the embedded broker) passes its options to create_engine and has
     # no visibility timeout: a message whose consumer died is gone, and the relay re-sends it.
+    # RabbitMQ (amqp://) needs no option: it hands a message back the moment its consumer's
+    # connection drops (a killed worker), and its consumer_timeout (30 min by default) ends
+    # only deliveries left unacknowledged far beyond the hard time limit.
     return {
         "broker_url": broker_url,
         "broker_transport_options": transport_options,

@@ -11,9 +11,10 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from typing import IO, Any
 
-from moderation.cli.base import CommandFailed, add_command, emit, sessions
+from moderation.cli.base import CommandFailed, add_command, emit, logger, sessions
 from moderation.config import Settings, get_settings
 
 
@@ -61,17 +62,63 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
         get_settings.cache_clear()
         settings = get_settings()
     concurrency = settings.vlm_max_concurrency
-    celery_app.worker_main(
+    _run_celery_worker(
+        celery_app,
         [
             "worker",
             "--pool=threads",
             f"--concurrency={concurrency}",
+            # A node name of its own per process: on RabbitMQ, a second worker on the same host
+            # under the default name fails on the first one's exclusive control queue.
+            f"--hostname=moderation-{os.getpid()}@%h",
             f"--loglevel={settings.log_level.upper()}",
             f"--queues={settings.queue_name}",
             "--without-gossip",
             "--without-mingle",
-        ]
+        ],
     )
+
+
+# The exit code Celery gives a worker that stopped on an error it could not recover from.
+_CELERY_UNRECOVERABLE = 1
+
+
+def _run_celery_worker(celery_app: Any, argv: list[str]) -> None:
+    """Run the Celery worker; if it stops by itself on an unrecoverable error after it was
+    ready, start it afresh in this same process.
+
+    Celery ends a worker on an error its consumer did not expect, and some come from races in
+    its broker connection's clean-up after the broker went away (seen with Redis restarts under
+    the threads pool). The work is safe either way (leases and the relay see to that), but a
+    worker that stays down until someone notices is an outage of its own. A stop that was asked
+    for (SIGTERM, SIGINT) ends the process as usual, and so does a worker that never got ready.
+    """
+    from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+
+    seen: dict[str, Any] = {"ready": False, "asked": False, "exitcode": None}
+
+    def on_ready(**_: Any) -> None:
+        seen["ready"] = True
+
+    def on_asked(**_: Any) -> None:
+        seen["asked"] = True
+
+    def on_shutdown(sender: Any = None, **_: Any) -> None:
+        seen["exitcode"] = getattr(sender, "exitcode", None)
+
+    watched = [(worker_ready, on_ready), (worker_shutting_down, on_asked)]
+    watched.append((worker_shutdown, on_shutdown))
+    for signal_, receiver in watched:
+        signal_.connect(receiver, weak=False)
+    try:
+        celery_app.worker_main(argv)
+    finally:
+        for signal_, receiver in watched:
+            signal_.disconnect(receiver)
+    if seen["ready"] and not seen["asked"] and seen["exitcode"] == _CELERY_UNRECOVERABLE:
+        logger.error("the worker stopped on an unrecoverable error; starting it again")
+        time.sleep(1)  # not a tight loop, should the error come back at once
+        os.execv(sys.executable, [sys.executable, "-m", "moderation", *sys.argv[1:]])  # noqa: S606
 
 
 def _local_credentials(settings: Settings) -> dict[str, str]:

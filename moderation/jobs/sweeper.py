@@ -86,7 +86,7 @@ class Sweeper:
             with self._lock:
                 free = self.concurrency - self._running
             try:
-                claimed = claim_due_jobs(self.context.sessions, kind, free)
+                claimed = claim_due_jobs(self.context.sessions, kind, free, self.context.settings)
             except Exception:
                 logger.exception("claiming %s jobs failed", kind.name)
                 continue

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import io
 import itertools
 import json
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -293,6 +295,8 @@ class FakeVLMServer:
         httpd = _FakeHTTPServer((self._host, self._port), _Handler)
         httpd.fake = self
         self._httpd = httpd
+        # A restart listens on the same port, so clients configured with it find it again.
+        self._port = int(httpd.server_address[1])
         self._thread = threading.Thread(
             target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -300,9 +304,12 @@ class FakeVLMServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening and cut open connections: afterwards the port refuses connections
+        until `start()` listens on it again (outage tests stop and start one server)."""
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+            self._httpd.drop_connections()
             self._httpd = None
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -440,9 +447,32 @@ class _FakeHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # load tests open many connections at once
 
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """Cut every open connection, keep-alive ones included, as a server that dies would."""
+        with self._open_lock:
+            open_sockets = list(self._open)
+        for sock in open_sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that timed out has hung up before a delayed reply: expected, not news.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        if not isinstance(sys.exc_info()[1], ConnectionError | OSError):
             super().handle_error(request, client_address)
 
 
