@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import create_engine
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from moderation import models  # noqa: F401 - every mapper registered before the first flush
 from moderation.config import Settings
+from moderation.core.errors import ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+# What the database raises when it cannot be reached or gave up on us: refused or dropped
+# connections, the server shutting down, a full pool, a cancelled statement, a deadlock. None
+# of these says anything about the request, and the same request may well succeed shortly.
+# Data errors (a value the column refuses) are not among them: those are refused at the
+# boundary by the field types in moderation.core.fields.
+DATABASE_OUTAGES: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+)
+DATABASE_RETRY_AFTER_S = 5
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -34,19 +51,40 @@ def resolve_database_url(settings: Settings) -> str:
 
 
 @functools.cache
-def get_engine(url: str, pool_size: int = 10) -> Engine:
+def get_engine(
+    url: str, pool_size: int = 10, connect_timeout_s: int = 5, pool_timeout_s: float = 5.0
+) -> Engine:
+    """An engine that fails within seconds when the database is away, instead of hanging.
+
+    `connect_timeout` bounds a connection attempt to an address that does not answer;
+    `pool_timeout` bounds the wait for a free connection when all are busy.
+    """
+    connect_args = {"connect_timeout": connect_timeout_s} if url.startswith("postgresql") else {}
     return create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
+        pool_timeout=pool_timeout_s,
+        connect_args=connect_args,
     )
 
 
 @functools.cache
-def get_sessionmaker(url: str, pool_size: int = 10) -> sessionmaker[Session]:
-    return sessionmaker(get_engine(url, pool_size), expire_on_commit=False)
+def get_sessionmaker(
+    url: str, pool_size: int = 10, connect_timeout_s: int = 5, pool_timeout_s: float = 5.0
+) -> sessionmaker[Session]:
+    engine = get_engine(url, pool_size, connect_timeout_s, pool_timeout_s)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def database_unavailable(exc: BaseException) -> ServiceUnavailable:
+    """The 503 a request gets when the database is away; the cause goes to the log only."""
+    logger.warning("database unavailable: %s", exc.__class__.__name__, exc_info=exc)
+    return ServiceUnavailable(
+        "the database is unavailable; retry shortly", retry_after=DATABASE_RETRY_AFTER_S
+    )
 
 
 @contextmanager
@@ -57,7 +95,12 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
         session.commit()
     except BaseException:
-        session.rollback()
+        try:
+            session.rollback()
+        except DATABASE_OUTAGES:
+            # The connection is gone, and the transaction with it; the original error is the
+            # one worth raising.
+            logger.debug("rollback on a lost connection failed", exc_info=True)
         raise
     finally:
         session.close()
@@ -82,27 +125,43 @@ async def request_session(request: Request) -> AsyncIterator[Session]:
     sent: a client that sees 202 can rely on the row being there. Opening a session touches no
     connection, so it happens on the event loop; the commit, which does, runs in a worker
     thread, and a request that never used the database skips even that.
+    Database outages, whether they strike in authentication, in the handler or at commit,
+    become one 503 with `Retry-After`.
     """
     factory: sessionmaker[Session] = request.app.state.sessionmaker
     session = factory()
     try:
         yield session
+    except DATABASE_OUTAGES as exc:
+        _close_quietly(session)
+        raise database_unavailable(exc) from exc
     except BaseException:
         # Also on cancellation, where nothing may be awaited any more: returning the connection
         # rolls it back, a short blocking step on a path that is rare.
-        session.close()
+        _close_quietly(session)
         raise
-    if session.in_transaction():
-        await run_in_threadpool(_commit_and_close, session)
-    else:
+    if not session.in_transaction():
         session.close()
+        return
+    try:
+        await run_in_threadpool(_commit_and_close, session)
+    except DATABASE_OUTAGES as exc:
+        raise database_unavailable(exc) from exc
 
 
 def _commit_and_close(session: Session) -> None:
     try:
         session.commit()
     finally:
+        _close_quietly(session)
+
+
+def _close_quietly(session: Session) -> None:
+    """Give the connection back; one that died with the database is dropped, not raised."""
+    try:
         session.close()
+    except DATABASE_OUTAGES:
+        logger.debug("closing a session on a lost connection failed", exc_info=True)
 
 
 DbSession = Annotated[Session, Depends(request_session, scope="function")]

@@ -7,20 +7,28 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from prometheus_client.registry import CollectorRegistry
 
 from moderation.backtests.router import router as backtests_router
 from moderation.config import Settings, get_settings
-from moderation.core.limits import BodySizeLimit
+from moderation.core.limits import BodyLimits, BodySizeLimit
+from moderation.core.middleware import RequestBoundary
 from moderation.core.openapi import install_openapi, operation_id
-from moderation.core.problems import install_problem_handlers
-from moderation.database import get_sessionmaker, resolve_database_url
+from moderation.core.problems import install_problem_handlers, problem_response
+from moderation.core.rate_limits import RateLimiter
+from moderation.database import (
+    DATABASE_OUTAGES,
+    database_unavailable,
+    get_sessionmaker,
+    resolve_database_url,
+)
+from moderation.ops.collectors import OutageCollector
 from moderation.ops.router import SubmissionCollector
 from moderation.ops.router import router as ops_router
 from moderation.policies.metrics import ShadowCollector
 from moderation.policies.router import router as policies_router
-from moderation.queue import start_background_publisher, stop_background_publisher
 from moderation.reports.router import router as reports_router
 from moderation.review.metrics import ReviewCollector
 from moderation.review.router import appeals_router
@@ -38,7 +46,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        factory = get_sessionmaker(resolve_database_url(settings))
+        factory = get_sessionmaker(
+            resolve_database_url(settings),
+            connect_timeout_s=settings.database_connect_timeout_s,
+            pool_timeout_s=settings.database_pool_timeout_s,
+        )
         app.state.settings = settings
         app.state.sessionmaker = factory
         registry = CollectorRegistry()
@@ -46,16 +58,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.register(ShadowCollector(factory))
         registry.register(ReviewCollector(factory))
         registry.register(WebhookCollector(factory))
+        registry.register(OutageCollector(factory, settings))
         app.state.metrics_registry = registry
+        app.state.rate_limiter = RateLimiter(settings)
 
         @functools.cache
         def vlm_client() -> VLMClient:
             return VLMClient(settings)
 
         app.state.vlm_client = vlm_client
-        start_background_publisher()
         yield
-        stop_background_publisher()
         if vlm_client.cache_info().currsize:
             vlm_client().close()
 
@@ -68,7 +80,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     install_openapi(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.request_max_bytes)
+
+    async def _database_outage(_: Request, exc: Exception) -> JSONResponse:
+        # Requests with a session get this from request_session already; this catches the
+        # few paths without one (the metrics collector).
+        error = database_unavailable(exc)
+        return problem_response(
+            error.status,
+            error.title,
+            error.detail,
+            type_slug=error.type_slug,
+            headers=error.headers,
+        )
+
+    for outage in DATABASE_OUTAGES:
+        app.add_exception_handler(outage, _database_outage)
+    app.add_middleware(
+        BodySizeLimit,
+        limits=BodyLimits(
+            json_bytes=settings.json_body_max_bytes,
+            multipart_bytes=settings.multipart_body_max_bytes,
+        ),
+    )
+    app.add_middleware(RequestBoundary)
     app.include_router(ops_router)
     app.include_router(submissions_router)
     app.include_router(policies_router)

@@ -7,8 +7,14 @@ from moderation.decisions.models import Decision, ShadowOutcome
 from moderation.jobs.models import Job
 from moderation.policies.models import Policy, PolicyVersion, ShadowUsage
 from moderation.review.models import ReviewTask
-from moderation.submissions.models import Submission, SubmissionImage, Verdict
-from moderation.tenants.models import ApiKey, Tenant
+from moderation.submissions.models import (
+    Submission,
+    SubmissionImage,
+    SubmissionImageFrame,
+    Verdict,
+)
+from moderation.tenants.models import ApiKey, Tenant, TenantTokenUsage
+from moderation.vlm.models import ModelCircuit
 from moderation.webhooks.models import (
     InboundWebhook,
     WebhookAttempt,
@@ -25,6 +31,7 @@ __all__ = [
     "Decision",
     "InboundWebhook",
     "Job",
+    "ModelCircuit",
     "Policy",
     "PolicyVersion",
     "ReviewTask",
@@ -32,7 +39,9 @@ __all__ = [
     "ShadowUsage",
     "Submission",
     "SubmissionImage",
+    "SubmissionImageFrame",
     "Tenant",
+    "TenantTokenUsage",
     "Verdict",
     "WebhookAttempt",
     "WebhookDelivery",

@@ -3,6 +3,7 @@
 A task is sent only after the transaction that made its row commits. A task sent before commit
 can run before its row is visible; one sent without commit may point at nothing. A send that
 fails after commit loses nothing either: the row stays `queued` and the relay sends it again.
+Sends happen on a thread of their own, so a slow or absent broker never holds up a request.
 
 Postgres, not the broker, is the record of what work exists: a task only carries ids, and the
 relay re-sends anything the broker dropped. Workers register their tasks on this app by name
@@ -12,8 +13,10 @@ relay re-sends anything the broker dropped. Workers register their tasks on this
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
+import time
 from typing import Any
 
 from celery import Celery
@@ -27,7 +30,7 @@ logger = logging.getLogger(__name__)
 MODERATE_SUBMISSION = "moderation.moderate_submission"
 
 # The modules that define tasks and periodic jobs, loaded by worker processes only.
-WORKER_MODULES = ["workers.tasks.moderation", "workers.relay"]
+WORKER_MODULES = ["workers.tasks.moderation", "workers.relay", "workers.heartbeat"]
 
 
 def resolve_broker_url(settings: Settings) -> str:
@@ -47,10 +50,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport_options["visibility_timeout"] = int(settings.broker_visibility_timeout_s)
     # kombu's SQL transport (the embedded broker) passes its options to create_engine and has
     # no visibility timeout: a message whose consumer died is gone, and the relay re-sends it.
+    # RabbitMQ (amqp://) needs no option: it hands a message back the moment its consumer's
+    # connection drops (a killed worker), and its consumer_timeout (30 min by default) ends
+    # only deliveries left unacknowledged far beyond the hard time limit.
     return {
         "broker_url": broker_url,
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
+        # A worker whose broker went away keeps trying to reconnect, with kombu's backoff, for
+        # as long as it takes (the default gives up after 100 tries and the worker exits).
+        "broker_connection_max_retries": None,
         # JSON only: a pickle payload from a compromised broker would be code execution.
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -101,106 +110,75 @@ celery_app = create_celery_app()
 _PENDING = "pending_tasks"
 
 
-class BackgroundPublisher:
-    """Sends tasks from a thread of its own, so a request is answered once its row commits.
+def enqueue_after_commit(session: Session, task_name: str, *args: Any) -> None:
+    session.info.setdefault(_PENDING, []).append((task_name, args))
 
-    Publishing costs a broker round trip and most of a millisecond of CPU; on the request's
-    path it adds both to every ingest. Handing the task to this thread after commit keeps the
-    guarantee that matters: the row exists before anything can point at it. A task that never
-    gets sent (the process dies first, the broker is down, the hand-off queue is full) leaves
-    its row `queued`, and the relay sends it again after its grace period.
+
+class _Publisher:
+    """Sends tasks from a thread of its own, so that no commit, and no HTTP response, waits on the
+    broker.
+
+    A broker that refuses connections costs a send its bounded retries; one that accepts and
+    never answers costs it much longer. Either way the row is committed and `queued`, and the
+    relay sends whatever this thread could not, so the caller has nothing to wait for. The
+    backlog is bounded: past it, sends are left to the relay too.
     """
 
-    _STOP = object()
+    def __init__(self, backlog: int = 10_000) -> None:
+        self._backlog = backlog
+        self._pending: queue.Queue[tuple[str, tuple[Any, ...]]] = queue.Queue(backlog)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._forget_thread)
 
-    def __init__(self, app: Celery, max_waiting: int = 100_000) -> None:
-        self._app = app
-        self._waiting: queue.Queue[object] = queue.Queue(maxsize=max_waiting)
-        self._thread = threading.Thread(
-            target=self._run, name="moderation-task-publisher", daemon=True
-        )
-        self._thread.start()
+    def _forget_thread(self) -> None:
+        # A forked child has the queue but not the thread; it starts its own on first use.
+        self._pending = queue.Queue(self._backlog)
+        self._thread = None
+        self._lock = threading.Lock()
 
     def submit(self, task_name: str, args: tuple[Any, ...]) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="moderation-publisher", daemon=True
+                )
+                self._thread.start()
         try:
-            self._waiting.put_nowait((task_name, args))
+            self._pending.put_nowait((task_name, args))
         except queue.Full:
-            logger.warning("task hand-off is full; the relay will send %s%r", task_name, args)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Send what is waiting (for up to `timeout`), then end the thread."""
-        try:
-            self._waiting.put(self._STOP, timeout=timeout)
-        except queue.Full:
-            return
-        self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+            logger.warning("publisher backlog full; the relay will send %s%r", task_name, args)
 
     def _run(self) -> None:
         while True:
-            batch = [self._waiting.get()]
-            # Whatever else is waiting goes out on the same producer connection.
-            while len(batch) < 500:
-                try:
-                    batch.append(self._waiting.get_nowait())
-                except queue.Empty:
-                    break
-            stopping = any(item is self._STOP for item in batch)
-            tasks = [item for item in batch if item is not self._STOP]
-            if tasks:
-                self._send(tasks)
-            if stopping:
-                return
+            task_name, args = self._pending.get()
+            try:
+                celery_app.send_task(task_name, args=list(args))
+            except Exception:
+                logger.warning(
+                    "could not send %s%r now; the relay will", task_name, args, exc_info=True
+                )
+            finally:
+                self._pending.task_done()
 
-    def _send(self, tasks: list[Any]) -> None:
-        try:
-            with self._app.producer_or_acquire() as producer:
-                for task_name, args in tasks:
-                    self._app.send_task(task_name, args=list(args), producer=producer)
-        except Exception:
-            logger.warning("could not send %d tasks now; the relay will", len(tasks), exc_info=True)
+    def wait_until_sent(self, timeout: float) -> bool:
+        """Block until every task submitted so far was sent or given up on (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._pending.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
 
-_publisher: BackgroundPublisher | None = None
-
-
-def start_background_publisher() -> None:
-    """From now on this process sends tasks from a background thread (the API does this)."""
-    global _publisher
-    if _publisher is None or not _publisher.alive:
-        _publisher = BackgroundPublisher(celery_app)
-
-
-def stop_background_publisher(timeout: float = 5.0) -> None:
-    global _publisher
-    if _publisher is not None:
-        _publisher.stop(timeout)
-        _publisher = None
-
-
-def enqueue_after_commit(session: Session, task_name: str, *args: Any) -> None:
-    session.info.setdefault(_PENDING, []).append((task_name, args))
+publisher = _Publisher()
 
 
 @event.listens_for(Session, "after_commit")
 def _send_pending_tasks(session: Session) -> None:
     pending: list[tuple[str, tuple[Any, ...]]] = session.info.pop(_PENDING, [])
-    if not pending:
-        return
-    publisher = _publisher
     for task_name, args in pending:
-        if publisher is not None:
-            publisher.submit(task_name, args)
-            continue
-        try:
-            celery_app.send_task(task_name, args=list(args))
-        except Exception:
-            logger.warning(
-                "could not send %s%r now; the relay will", task_name, args, exc_info=True
-            )
+        publisher.submit(task_name, args)
 
 
 @event.listens_for(Session, "after_rollback")

@@ -159,6 +159,10 @@ def service_env(
         "MODERATION_TASK_SOFT_TIME_LIMIT_S": "30",
         "MODERATION_RELAY_INTERVAL_S": "1",
         "MODERATION_RELAY_GRACE_S": "4",
+        # Short leases, so every test exercises the heartbeat that keeps them alive.
+        "MODERATION_LEASE_S": "6",
+        # Tests script model failures one after another; only breaker tests should trip it.
+        "MODERATION_VLM_BREAKER_FAILURES": "50",
         # Callbacks go to a loopback receiver, retried within seconds instead of hours.
         "MODERATION_CALLBACK_ALLOW_HOSTS": f"127.0.0.1:{callback_receiver.port}",
         "MODERATION_WEBHOOK_RETRY_SCHEDULE_S": "0.5,1,1.5",

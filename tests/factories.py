@@ -6,12 +6,13 @@ import base64
 import io
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import httpx
-from PIL import Image
+from PIL import ExifTags, Image
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -126,6 +127,40 @@ def wait_for_outcome(
         time.sleep(0.2)
 
 
+def insert_without_sending(
+    database_url: str,
+    tenant: TenantKeys,
+    text: str,
+    *,
+    image_url: str | None = None,
+    **fields: Any,
+) -> uuid.UUID:
+    """A submission whose task never reached the broker (crash between commit and send).
+
+    Its one image is inline unless `image_url` is given."""
+    with session_scope(get_sessionmaker(database_url)) as session:
+        submission = Submission(
+            tenant_id=tenant.tenant_id,
+            external_id=marker(),
+            payload_sha256="0" * 64,
+            text=text,
+            metadata_={},
+            policy_version_id=version_for_submission(session, tenant.tenant_id, "default").id,
+            **{"status": SubmissionStatus.queued, "attempts": 0, **fields},
+        )
+        session.add(submission)
+        session.flush()
+        session.add(
+            SubmissionImage(
+                submission_id=submission.id,
+                position=0,
+                source_url=image_url,
+                source_data=None if image_url else image_bytes(),
+            )
+        )
+        return submission.id
+
+
 def make_api_key(database_url: str, tenant_id: uuid.UUID, role: str, name: str | None) -> str:
     """Another key of a tenant, e.g. a second reviewer with a name of their own."""
     with session_scope(get_sessionmaker(database_url)) as session:
@@ -154,8 +189,10 @@ def make_submission(
     images: int = 1,
     policy: str = "default",
     status: SubmissionStatus = SubmissionStatus.processing,
+    originals: Sequence[bytes] = (),
 ) -> Submission:
-    """A submission as the worker leaves it just before deciding: images normalized."""
+    """A submission as the worker leaves it just before deciding: images normalized, and the
+    uploaded `originals` (one image each, instead of `images`) still stored."""
     version = version_for_submission(session, tenant_id, policy)
     submission = Submission(
         tenant_id=tenant_id,
@@ -169,11 +206,12 @@ def make_submission(
     )
     session.add(submission)
     session.flush()
-    for position in range(images):
+    for position in range(len(originals) or images):
         session.add(
             SubmissionImage(
                 submission_id=submission.id,
                 position=position,
+                source_data=originals[position] if originals else None,
                 data=b"\xff\xd8fake",
                 sha256=uuid.uuid4().hex * 2,
                 width=28,
@@ -183,6 +221,21 @@ def make_submission(
         )
     session.flush()
     return submission
+
+
+def jpeg_with_gps(width: int = 320, height: int = 240) -> bytes:
+    """A camera JPEG that tells where and with what it was taken."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "Spy Camera"
+    exif[ExifTags.Base.Model] = "SC-1 serial 1234567"
+    gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    gps[ExifTags.GPS.GPSLatitudeRef] = "N"
+    gps[ExifTags.GPS.GPSLatitude] = (52.0, 31.0, 12.0)
+    gps[ExifTags.GPS.GPSLongitudeRef] = "E"
+    gps[ExifTags.GPS.GPSLongitude] = (13.0, 24.0, 36.0)
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (40, 160, 90)).save(buffer, format="JPEG", exif=exif)
+    return buffer.getvalue()
 
 
 def make_verdict(

@@ -12,9 +12,27 @@ def test_time_limits_form_a_chain():
         settings.vlm_timeout_s
         < settings.task_soft_time_limit_s
         < settings.task_hard_time_limit_s
-        < settings.lease_s
         < settings.broker_visibility_timeout_s
     )
+
+
+def test_a_killed_workers_items_return_within_a_minute_by_default():
+    """The lease is renewed by the heartbeat, so it is short: lease + one relay sweep."""
+    settings = Settings()
+    assert settings.lease_s <= 60
+    assert settings.lease_renew_interval_s * 3 <= settings.lease_s
+    assert settings.lease_s + settings.relay_interval_s <= 60
+
+
+def test_rate_limits_are_checked_when_read():
+    assert Settings(rate_limit_admin="2/second;30/minute").rate_limit_admin
+    with pytest.raises(ValidationError, match="rate limit"):
+        Settings(rate_limit_ingest="lots")
+
+
+def test_redrive_backoff_cannot_start_above_its_cap():
+    with pytest.raises(ValidationError, match="REDRIVE_BASE_DELAY_S"):
+        Settings(redrive_base_delay_s=600, redrive_max_delay_s=60)
 
 
 def test_model_timeout_must_fit_in_the_soft_limit():

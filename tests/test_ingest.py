@@ -31,9 +31,10 @@ def test_payload_identity_ignores_nothing_that_matters():
 
 
 def test_inline_images_accept_plain_base64_and_data_urls():
-    encoded = base64.b64encode(b"\x89PNG....").decode()
-    assert decode_inline_image(encoded, 0, SETTINGS) == b"\x89PNG...."
-    assert decode_inline_image(f"data:image/png;base64,{encoded}", 0, SETTINGS) == b"\x89PNG...."
+    png = b"\x89PNG\r\n\x1a\n...."
+    encoded = base64.b64encode(png).decode()
+    assert decode_inline_image(encoded, 0, SETTINGS) == png
+    assert decode_inline_image(f"data:image/png;base64,{encoded}", 0, SETTINGS) == png
 
 
 @pytest.mark.parametrize("data", ["!!!", "data:image/png,raw", ""])

@@ -1,4 +1,5 @@
-"""The sweeper thread of every worker process: re-sends lost work and runs due jobs.
+"""The sweeper thread of every worker process: re-sends lost work, re-drives what an outage
+sent to review, runs due jobs, and deletes uploads past their retention.
 
 Redis without persistence forgets messages on restart, kombu's SQL transport never gives back a
 message whose consumer died, and a process can crash between commit and send. Postgres knows
@@ -17,7 +18,9 @@ from celery.signals import worker_ready, worker_shutdown
 
 from moderation.jobs.service import JobContext, JobKind
 from moderation.jobs.sweeper import PeriodicSweep, Sweeper
+from moderation.pipeline.redrive import redrive_due_submissions
 from moderation.pipeline.relay import requeue_stalled_submissions
+from moderation.pipeline.retention import purge_expired_media
 from moderation.webhooks.delivery import DELIVER_EVENT
 from workers.tasks.backtests import RUN_BACKTEST
 from workers.tasks.moderation import runtime
@@ -39,10 +42,26 @@ def build_sweeper() -> Sweeper:
                 "re-sent stalled submissions",
                 lambda: requeue_stalled_submissions(runtime()),
                 settings.relay_interval_s,
-            )
+            ),
+            PeriodicSweep(
+                "deleted media past its retention (originals and normalized images)",
+                _purge_media,
+                settings.media_purge_interval_s,
+            ),
+            PeriodicSweep(
+                "re-drove submissions an outage sent to review",
+                lambda: redrive_due_submissions(runtime()),
+                settings.relay_interval_s,
+            ),
         ],
         concurrency=settings.job_concurrency,
     )
+
+
+def _purge_media() -> int:
+    """See moderation.pipeline.retention."""
+    purged = purge_expired_media(runtime())
+    return purged.originals + purged.normalized
 
 
 def _sweep_loop(sweeper: Sweeper) -> None:

@@ -14,7 +14,13 @@ from sqlalchemy.orm import Session, defer
 from moderation.backtests.models import Backtest, BacktestItem, BacktestItemStatus, BacktestStatus
 from moderation.decisions.models import Action, Decision, DecisionSource
 from moderation.policies.models import PolicyVersion
-from moderation.submissions.models import Submission, SubmissionImage, Verdict, VerdictRole
+from moderation.submissions.models import (
+    Submission,
+    SubmissionImage,
+    SubmissionImageFrame,
+    Verdict,
+    VerdictRole,
+)
 
 # The label of an item: the latest decision a person made, when it is a final one.
 _HUMAN_SOURCES = (DecisionSource.reviewer, DecisionSource.appeal)
@@ -193,8 +199,9 @@ def pending_items(
 
 def submission_content(
     session: Session, submission_id: uuid.UUID
-) -> tuple[str | None, list[SubmissionImage]]:
-    """The caption and the stored normalized images (never the original upload)."""
+) -> tuple[str | None, list[SubmissionImage], list[SubmissionImageFrame]]:
+    """The caption, the stored normalized images and the later frames of animated ones (never
+    the original upload)."""
     text = session.scalars(select(Submission.text).where(Submission.id == submission_id)).one()
     images = session.scalars(
         select(SubmissionImage)
@@ -202,7 +209,12 @@ def submission_content(
         .order_by(SubmissionImage.position)
         .options(defer(SubmissionImage.source_data))
     )
-    return text, list(images)
+    frames = session.scalars(
+        select(SubmissionImageFrame)
+        .where(SubmissionImageFrame.submission_id == submission_id)
+        .order_by(SubmissionImageFrame.position, SubmissionImageFrame.frame)
+    )
+    return text, list(images), list(frames)
 
 
 def finish_item(session: Session, item_id: uuid.UUID, values: dict[str, Any]) -> bool:

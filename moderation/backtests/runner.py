@@ -30,12 +30,12 @@ from moderation.backtests.repository import PendingItem
 from moderation.core.time import utcnow
 from moderation.database import session_scope
 from moderation.decisions.models import ReviewReason
-from moderation.media.decode import NormalizedImage
+from moderation.media.decode import NormalizedFrame, NormalizedImage, NormalizedMedia
 from moderation.pipeline.judge import JudgedWork, SourceImage, judge_content
 from moderation.pipeline.runtime import PipelineRuntime
 from moderation.policies.schemas import PolicyDocument
 from moderation.policies.service import document_for_version
-from moderation.submissions.models import SubmissionImage
+from moderation.submissions.models import SubmissionImage, SubmissionImageFrame
 from moderation.vlm.slots import CallPriority
 
 logger = logging.getLogger(__name__)
@@ -176,8 +176,8 @@ def _judge_item(item: PendingItem, run: _Run, runtime: PipelineRuntime) -> _Ende
     settings = runtime.settings
     try:
         with session_scope(runtime.sessions) as session:
-            text, rows = repository.submission_content(session, item.submission_id)
-        images = _stored_images(rows)
+            text, rows, frames = repository.submission_content(session, item.submission_id)
+        images = _stored_images(rows, frames)
         if isinstance(images, str):
             # Judging again needs the very bytes the live run saw; refetching could see others.
             _finish(item, runtime, status=BacktestItemStatus.skipped, error=images)
@@ -209,8 +209,15 @@ def _judge_item(item: PendingItem, run: _Run, runtime: PipelineRuntime) -> _Ende
     return _STORED
 
 
-def _stored_images(rows: list[SubmissionImage]) -> list[SourceImage] | str:
-    """The normalized images as the live run stored them, or why one of them is missing."""
+def _stored_images(
+    rows: list[SubmissionImage], frames: list[SubmissionImageFrame]
+) -> list[SourceImage] | str:
+    """The normalized images as the live run stored them, every sampled frame of an animation
+    included, or why one of them is missing."""
+    later_frames: dict[int, list[SubmissionImageFrame]] = {}
+    for frame in frames:
+        if frame.frame != 0:
+            later_frames.setdefault(frame.position, []).append(frame)
     images = []
     for row in rows:
         if row.data is None or row.sha256 is None or row.mime is None:
@@ -226,7 +233,32 @@ def _stored_images(rows: list[SubmissionImage]) -> list[SourceImage] | str:
             source_mime=row.source_mime or row.mime,
             tokens=row.tokens or 0,
         )
-        images.append(SourceImage(row.position, url=None, data=None, normalized=normalized))
+        shown = [NormalizedFrame(index=0, time_ms=None, image=normalized)]
+        for frame in later_frames.get(row.position, []):
+            if frame.data is None:
+                return f"images_purged: frame {frame.frame} of image {row.position} is gone"
+            shown.append(
+                NormalizedFrame(
+                    index=frame.frame,
+                    time_ms=frame.time_ms,
+                    image=NormalizedImage(
+                        data=frame.data,
+                        sha256=frame.sha256,
+                        width=frame.width,
+                        height=frame.height,
+                        mime=frame.mime,
+                        source_mime=normalized.source_mime,
+                        tokens=frame.tokens,
+                    ),
+                )
+            )
+        media = NormalizedMedia(
+            source_mime=normalized.source_mime,
+            frame_count=row.frame_count or 1,
+            duration_ms=None,
+            frames=tuple(shown),
+        )
+        images.append(SourceImage(row.position, url=None, data=None, normalized=media))
     return images
 
 

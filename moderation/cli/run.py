@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
-from typing import Any
+import time
+from typing import IO, Any
 
-from moderation.cli.base import add_command, emit, sessions
+from moderation.cli.base import CommandFailed, add_command, emit, logger, sessions
 from moderation.config import Settings, get_settings
 
 
@@ -35,6 +38,10 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> None:
 
     from moderation.main import create_app
 
+    # uvicorn re-raises the signal that stopped it once it has shut down; the default SIGTERM
+    # action would then end the process without running its exit handlers, and an embedded
+    # PostgreSQL this process started would outlive it. As SystemExit, they run.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     options: dict[str, Any] = {
         "host": args.host or settings.api_host,
         "port": args.port or settings.api_port,
@@ -63,17 +70,63 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
         os.environ["MODERATION_VLM_MAX_CONCURRENCY"] = str(args.concurrency)
         get_settings.cache_clear()
         settings = get_settings()
-    celery_app.worker_main(
+    _run_celery_worker(
+        celery_app,
         [
             "worker",
             "--pool=threads",
             f"--concurrency={settings.worker_thread_count}",
+            # A node name of its own per process: on RabbitMQ, a second worker on the same host
+            # under the default name fails on the first one's exclusive control queue.
+            f"--hostname=moderation-{os.getpid()}@%h",
             f"--loglevel={settings.log_level.upper()}",
             f"--queues={settings.queue_name}",
             "--without-gossip",
             "--without-mingle",
-        ]
+        ],
     )
+
+
+# The exit code Celery gives a worker that stopped on an error it could not recover from.
+_CELERY_UNRECOVERABLE = 1
+
+
+def _run_celery_worker(celery_app: Any, argv: list[str]) -> None:
+    """Run the Celery worker; if it stops by itself on an unrecoverable error after it was
+    ready, start it afresh in this same process.
+
+    Celery ends a worker on an error its consumer did not expect, and some come from races in
+    its broker connection's clean-up after the broker went away (seen with Redis restarts under
+    the threads pool). The work is safe either way (leases and the relay see to that), but a
+    worker that stays down until someone notices is an outage of its own. A stop that was asked
+    for (SIGTERM, SIGINT) ends the process as usual, and so does a worker that never got ready.
+    """
+    from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+
+    seen: dict[str, Any] = {"ready": False, "asked": False, "exitcode": None}
+
+    def on_ready(**_: Any) -> None:
+        seen["ready"] = True
+
+    def on_asked(**_: Any) -> None:
+        seen["asked"] = True
+
+    def on_shutdown(sender: Any = None, **_: Any) -> None:
+        seen["exitcode"] = getattr(sender, "exitcode", None)
+
+    watched = [(worker_ready, on_ready), (worker_shutting_down, on_asked)]
+    watched.append((worker_shutdown, on_shutdown))
+    for signal_, receiver in watched:
+        signal_.connect(receiver, weak=False)
+    try:
+        celery_app.worker_main(argv)
+    finally:
+        for signal_, receiver in watched:
+            signal_.disconnect(receiver)
+    if seen["ready"] and not seen["asked"] and seen["exitcode"] == _CELERY_UNRECOVERABLE:
+        logger.error("the worker stopped on an unrecoverable error; starting it again")
+        time.sleep(1)  # not a tight loop, should the error come back at once
+        os.execv(sys.executable, [sys.executable, "-m", "moderation", *sys.argv[1:]])  # noqa: S606
 
 
 def _local_credentials(settings: Settings) -> dict[str, str]:
@@ -101,8 +154,54 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _hold_up_lock(settings: Settings) -> IO[str]:
+    """One `up` per data directory: a second one would share the first's embedded database and
+    broker, fail to bind its port, and print keys and a banner for a service it is not running.
+
+    The lock is an flock on a file in the data directory, released by the kernel however the
+    holder ends, so a crashed `up` never blocks the next.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / "up.lock"
+    lock = path.open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise CommandFailed(
+            f"moderation up is already running for {settings.data_dir} (pid {holder}); "
+            "stop it first, or give this one its own MODERATION_DATA_DIR and --port"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CommandFailed(
+                f"cannot listen on {host}:{port} ({exc.strerror}); is moderation already "
+                "running? Stop it or pass --port"
+            ) from None
+
+
 def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     from moderation.database import resolve_database_url
+
+    # Both checks come before anything starts or prints, so a second `up` says why it cannot
+    # run and leaves the first one's database, broker and keys alone.
+    lock = _hold_up_lock(settings)
+    host, port = args.host or settings.api_host, args.port or settings.api_port
+    _check_port_free(host, port)
 
     database_url = resolve_database_url(settings)
     os.environ["MODERATION_DATABASE_URL"] = database_url
@@ -116,7 +215,6 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     cmd_migrate(argparse.Namespace(json=False), settings)
     credentials = _local_credentials(settings)
     worker = subprocess.Popen([sys.executable, "-m", "moderation", "worker"], env=os.environ.copy())
-    host, port = args.host or settings.api_host, args.port or settings.api_port
     base = f"http://{host}:{port}"
     embedded = "embedded PostgreSQL" if "host=/" in database_url else "PostgreSQL"
     broker = "embedded broker (PostgreSQL)" if broker_url.startswith("sqla+") else "Redis"
@@ -133,10 +231,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
         f"-H 'Content-Type: application/json' -d {shlex.quote(body)}\n",
         flush=True,
     )
-    # uvicorn re-raises the signal that stopped it once it has shut down; turning SIGTERM into
-    # SystemExit lets the worker be stopped and the embedded database shut down cleanly.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        # cmd_api turns SIGTERM into SystemExit, so this `finally` runs and the worker is
+        # stopped before the embedded database shuts down.
         cmd_api(argparse.Namespace(host=host, port=port, workers=args.workers), settings)
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -144,6 +241,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
             worker.wait(timeout=30)
         except subprocess.TimeoutExpired:
             worker.kill()
+        lock.close()
 
 
 def register(commands: Any) -> None:

@@ -19,12 +19,21 @@ def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> None:
         check_callback_url(args.callback_url, settings, field="--callback-url")
     with session_scope(sessions(settings)) as session:
         tenant = create_tenant(
-            session, args.name, callback_url=args.callback_url, inbound_signing=args.inbound_signing
+            session,
+            args.name,
+            callback_url=args.callback_url,
+            inbound_signing=args.inbound_signing,
+            daily_token_budget=args.daily_token_budget,
         )
         secrets = {"webhook_secret": tenant.webhook_secret}
         if tenant.inbound_secret:
             secrets["inbound_secret"] = tenant.inbound_secret
-        payload = {"id": tenant.id, "name": tenant.name, "secrets": secrets}
+        payload = {
+            "id": tenant.id,
+            "name": tenant.name,
+            "daily_token_budget": tenant.daily_token_budget,
+            "secrets": secrets,
+        }
     lines = [f"tenant {payload['id']} ({args.name})"] + [f"{k}: {v}" for k, v in secrets.items()]
     emit(args, payload, "\n".join(lines))
 
@@ -66,6 +75,30 @@ def cmd_tenants_rotate_secret(args: argparse.Namespace, settings: Settings) -> N
     emit(args, payload, f"new {which}: {rotated.secret}\n{until}")
 
 
+def cmd_tenants_budget(args: argparse.Namespace, settings: Settings) -> None:
+    from moderation.database import session_scope
+    from moderation.tenants.service import set_daily_token_budget, token_budget
+
+    tenant_id = _tenant_id(args.tenant)
+    budget = None if args.unlimited else args.daily_tokens
+    with session_scope(sessions(settings)) as session:
+        set_daily_token_budget(session, tenant_id, budget)
+        used = token_budget(session, tenant_id).used_today
+    payload = {"id": tenant_id, "daily_token_budget": budget, "tokens_today": used}
+    limit = "unlimited" if budget is None else f"{budget} tokens a day"
+    emit(args, payload, f"tenant {tenant_id}: {limit} ({used} used today, UTC)")
+
+
+def _token_count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"a number of tokens (0 or more), got {value!r}")
+    return count
+
+
 def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> None:
     from moderation.database import session_scope
     from moderation.tenants.models import Role
@@ -97,6 +130,23 @@ def register(commands: Any) -> None:
     create_tenant.add_argument(
         "--inbound-signing", action="store_true", help="require signed inbound webhooks"
     )
+    create_tenant.add_argument(
+        "--daily-token-budget",
+        type=_token_count,
+        metavar="TOKENS",
+        help="model tokens the tenant may spend per UTC day (default: unlimited)",
+    )
+    budget = add_command(
+        tenants,
+        "budget",
+        cmd_tenants_budget,
+        "set a tenant's daily model-token budget",
+        json_flag=True,
+    )
+    budget.add_argument("--tenant", required=True, help="tenant id")
+    amount = budget.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--daily-tokens", type=_token_count, metavar="TOKENS")
+    amount.add_argument("--unlimited", action="store_true", help="remove the budget")
 
     rotate = add_command(
         tenants,

@@ -5,7 +5,12 @@ Services raise these and never import FastAPI, so the same rules hold for the CL
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+# `<_io.BytesIO object at 0x7f...>` and the like: an address and a class name, meaningless to a
+# reader and a peek into the process to anyone else.
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 class DomainError(Exception):
@@ -17,6 +22,15 @@ class DomainError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
+        # Response headers that come with this error (Retry-After; the handler adds the
+        # WWW-Authenticate challenge to every 401).
+        self.headers: dict[str, str] = {}
+
+
+class BadRequest(DomainError):
+    """The request cannot even be read (a malformed header or body), before any field is checked."""
+
+    status, title, type_slug = 400, "Bad request", "bad-request"
 
 
 class Unauthorized(DomainError):
@@ -51,7 +65,31 @@ class ValidationFailed(DomainError):
     status, title, type_slug = 422, "Validation failed", "validation-failed"
 
 
-class BadRequest(DomainError):
-    """The request cannot even be read (a malformed header, say), before any field is checked."""
+class ServiceUnavailable(DomainError):
+    """A dependency (the database, usually) cannot be reached; nothing about the request is wrong.
 
-    status, title, type_slug = 400, "Bad request", "bad-request"
+    Clients should come back after `retry_after` seconds and send the same request again.
+    """
+
+    status, title, type_slug = 503, "Service unavailable", "service-unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int = 5) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+        self.headers["Retry-After"] = str(retry_after)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """An exception as a reviewer or a client may read it: its kind and message, no reprs."""
+    message = " ".join(_OBJECT_REPR.sub("", str(exc)).split())
+    kind = type(exc).__name__
+    return f"{kind}: {message}" if message else kind
+
+
+class TooManyRequests(DomainError):
+    status, title, type_slug = 429, "Too many requests", "too-many-requests"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+        self.headers["Retry-After"] = str(retry_after_s)

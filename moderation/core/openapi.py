@@ -6,9 +6,10 @@ repeat the same declarations, the document FastAPI builds is completed here, rou
 
 - a route whose dependencies include a `RoleRequirement` (the API-key dependency) is secured:
   it gets the bearer security requirement, `x-roles` and a "Roles:" line in its description,
-  and 401 and 403 problems;
+  and 401, 403 and 429 problems (every key has rate limits);
 - a route with parameters or a body can answer 422, a route with a body 413 (the body-size cap
-  covers every route), a route with a path parameter 404;
+  covers every route) and 400 (a body unreadable as its type), a route with a path parameter
+  404, a secured route 503 (authentication reads the database);
 - whatever else a route declares with `problem_responses(...)` (409, 415, 429, 503...) is kept;
 - every problem is `application/problem+json` with the `Problem` schema, an example and, where
   the status has one, its header (`WWW-Authenticate`, `Retry-After`);
@@ -60,7 +61,10 @@ _EXAMPLE_PROBLEMS: dict[int, dict[str, Any]] = {
         "detail": "submission 7d0c6f4e-0000-4000-8000-000000000000 does not exist",
     },
     409: {"title": "Conflict", "detail": "conflicts with the object's current state"},
-    413: {"title": "Payload too large", "detail": "request body is larger than 224752976 bytes"},
+    413: {
+        "title": "Payload too large",
+        "detail": "request body (application/json) is larger than 29010606 bytes",
+    },
     415: {
         "title": "Unsupported media type",
         "detail": "send application/json or multipart/form-data",
@@ -227,6 +231,9 @@ def _complete_operation(
         operation["description"] = f"{description}\n\n{line}" if description else line
         _ensure_problem(responses, 401)
         _ensure_problem(responses, 403)
+        # Authentication reads the database: while it is away, every secured route says 503.
+        _ensure_problem(responses, 503)
+        _ensure_problem(responses, 429)
     has_body = "requestBody" in operation or (
         method in _METHODS_WITH_BODY and bool(route.dependant.body_params)
     )
@@ -237,6 +244,8 @@ def _complete_operation(
         responses.pop("422", None)
     if has_body:
         _ensure_problem(responses, 413)
+        # A body that cannot be read as its declared type at all (broken multipart, say).
+        _ensure_problem(responses, 400)
     if any(parameter.get("in") == "path" for parameter in operation.get("parameters", [])):
         _ensure_problem(responses, 404)
     for status, response in responses.items():

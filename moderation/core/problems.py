@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,6 +14,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from moderation.core.errors import DomainError
+from moderation.core.fields import NUL_FREE_MESSAGE, NUL_FREE_PATTERN
 
 PROBLEM_JSON = "application/problem+json"
 logger = logging.getLogger(__name__)
@@ -49,16 +51,55 @@ _DESCRIPTIONS = {
 }
 
 
+_HTTP_TITLES = {
+    400: "Bad request",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Payload too large",
+    415: "Unsupported media type",
+}
+
+
+_RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "Seconds to wait before sending the request again",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for the problem+json errors a route can answer."""
-    return {
-        status: {
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {
             "model": Problem,
             "description": _DESCRIPTIONS.get(status, "Error"),
             "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
-        for status in statuses
-    }
+        if status in (429, 503):
+            entry["headers"] = _RETRY_AFTER_HEADER
+        responses[status] = entry
+    return responses
+
+
+def field_errors(errors: Iterable[Any], prefix: Sequence[str | int] = ()) -> list[dict[str, Any]]:
+    """pydantic's errors as the `errors` member: where, what, which kind.
+
+    A validator that checks a whole JSON value names the bad part in `ctx["path"]`; it is
+    appended to the location so the client sees `["body", "metadata", "tags", 3]`, not just the
+    field. The input itself is never echoed back: it may be megabytes, or the very bytes that
+    could not be stored.
+    """
+    result = []
+    for error in errors:
+        context = error.get("ctx") or {}
+        loc = [*prefix, *error.get("loc", ()), *context.get("path", ())]
+        message = error.get("msg")
+        if context.get("pattern") == NUL_FREE_PATTERN:
+            message = NUL_FREE_MESSAGE
+        result.append({"loc": loc, "msg": message, "type": error.get("type")})
+    return result
 
 
 def problem_response(
@@ -84,22 +125,21 @@ def problem_response(
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = dict(exc.headers)
+        if exc.status == 401:
+            headers.setdefault("WWW-Authenticate", "Bearer")
         return problem_response(
             exc.status,
             exc.title,
             exc.detail,
             type_slug=exc.type_slug,
             errors=exc.errors,
-            headers=headers,
+            headers=headers or None,
         )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": list(err.get("loc", ())), "msg": err.get("msg"), "type": err.get("type")}
-            for err in exc.errors()
-        ]
+        errors = field_errors(exc.errors())
         return problem_response(
             422,
             "Validation failed",
@@ -110,7 +150,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
+        title = _HTTP_TITLES.get(exc.status_code, "Error")
         return problem_response(
             exc.status_code,
             title,

@@ -46,6 +46,8 @@ class ReviewReason(StrEnum):
     low_confidence = "low_confidence"
     processing_failed = "processing_failed"
     internal_error = "internal_error"
+    # The tenant's daily model-token budget was spent before this submission's model call.
+    budget_exceeded = "budget_exceeded"
 
 
 class Decision(UUIDKey, CreatedAt, Base):

@@ -14,11 +14,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from moderation.audit.service import record_event
+from moderation.config import Settings, get_settings
 from moderation.decisions.models import Action, Decision, DecisionSource, ReviewReason
 from moderation.decisions.rules import Outcome, failure
 from moderation.policies.service import document_for_version
 from moderation.review import repository as review_tasks
 from moderation.review.models import ReviewTask, TaskKind, TaskStatus, max_severity, task_priority
+from moderation.submissions import repository as submissions_repository
 from moderation.submissions.models import Submission, SubmissionStatus
 from moderation.webhooks.service import DecisionNotice, notify_decision
 
@@ -31,7 +33,10 @@ def record_decision(
     source: DecisionSource,
     detail: str | None = None,
     actor: str | None = None,
+    settings: Settings | None = None,
 ) -> Decision:
+    """Record the outcome; a final one (anything but review) also deletes the uploaded originals
+    unless the retention settings keep them for a while."""
     decision = Decision(
         submission_id=submission.id,
         action=outcome.action,
@@ -48,11 +53,16 @@ def record_decision(
     )
     submission.lease_token = None
     submission.lease_expires_at = None
+    # Any new decision ends a pending re-drive; the pipeline schedules the next one afresh.
+    submission.redrive_at = None
+    submission.redrive_until = None
     event = "review_required" if outcome.action is Action.review else "decided"
     data: dict[str, Any] = {"action": outcome.action.value, "source": source.value}
     if outcome.reason:
         data["reason"] = outcome.reason.value
     record_event(session, submission.tenant_id, submission.id, event, actor or "system", data)
+    if outcome.action is not Action.review:
+        _purge_originals_at_final_decision(session, submission, settings or get_settings())
     session.flush()
     _settle_review_tasks(session, submission, decision, source)
     policy = document_for_version(session, submission.policy_version_id)
@@ -74,6 +84,26 @@ def record_decision(
         ),
     )
     return decision
+
+
+def _purge_originals_at_final_decision(
+    session: Session, submission: Submission, settings: Settings
+) -> None:
+    """The original upload may carry EXIF GPS positions and device serials; once the outcome is
+    final only the metadata-free normalized copy is needed. In review the original stays, since
+    judging the item again (after a model outage, say) starts from it."""
+    if settings.retain_originals_days > 0:
+        return  # the periodic retention job deletes it later
+    purged = submissions_repository.purge_originals(session, submission.id)
+    if purged:
+        record_event(
+            session,
+            submission.tenant_id,
+            submission.id,
+            "media_purged",
+            "retention",
+            {"originals": purged, "normalized": 0, "why": "final_decision"},
+        )
 
 
 def _settle_review_tasks(

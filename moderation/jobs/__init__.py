@@ -15,7 +15,8 @@ How another room adds a kind of job (retention purges, re-drives, backtests):
    finished, or `RetryAt(when)` to be woken again later (for work that has its own schedule).
    An exception is retried with backoff, up to `max_attempts`, then kept as `failed`.
 2. Declare `MY_JOB = JobKind("room.verb", handle, max_attempts=..., lease_s=...)` in the room;
-   `lease_s` must outlast one run of the handler.
+   `lease_s` must outlast one run of the handler (`lease_from_settings` derives it from the
+   settings that bound a run, so a killed worker's job is not held longer than needed).
 3. Enqueue with `enqueue_job(session, MY_JOB.name, {...}, run_at=..., key=...)` in the same
    transaction as the change that calls for it. A `key` keeps one live job per thing (a second
    enqueue only brings its run time forward).

@@ -53,6 +53,7 @@ class Sweeper:
         self._lock = threading.Lock()
         # Every sweep runs at the first tick: a worker that starts after a crash recovers at once.
         self._next_sweep_at = {sweep.name: 0.0 for sweep in self.sweeps}
+        self._sweep_failures = {sweep.name: 0 for sweep in self.sweeps}
 
     def tick(self) -> int:
         """Run the sweeps that are due and start due jobs in free slots; jobs started."""
@@ -63,16 +64,29 @@ class Sweeper:
             self._next_sweep_at[sweep.name] = now + sweep.interval_s
             try:
                 count = sweep.run()
+                self._sweep_failures[sweep.name] = 0
                 if count:
                     logger.info("%s: %d", sweep.name, count)
-            except Exception:
-                logger.exception("%s failed; trying again in %.0fs", sweep.name, sweep.interval_s)
+            except Exception as exc:
+                # Back off while it keeps failing (the database is down, say), up to a minute,
+                # and resume the normal pace with the first run that works.
+                failures = min(self._sweep_failures[sweep.name] + 1, 6)
+                self._sweep_failures[sweep.name] = failures
+                wait = min(sweep.interval_s * 2**failures, max(sweep.interval_s, 60.0))
+                self._next_sweep_at[sweep.name] = now + wait
+                logger.warning(
+                    "%s failed (%s: %s); trying again in %.0fs",
+                    sweep.name,
+                    type(exc).__name__,
+                    exc,
+                    wait,
+                )
         started = 0
         for kind in self.kinds:
             with self._lock:
                 free = self.concurrency - self._running
             try:
-                claimed = claim_due_jobs(self.context.sessions, kind, free)
+                claimed = claim_due_jobs(self.context.sessions, kind, free, self.context.settings)
             except Exception:
                 logger.exception("claiming %s jobs failed", kind.name)
                 continue

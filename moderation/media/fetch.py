@@ -39,8 +39,14 @@ def fetch_image(
         with send_guarded("GET", url, limits, headers=headers, transport=transport) as response:
             if not 200 <= response.status_code < 300:
                 raise ImageFetchError(
-                    f"{redacted(response.url)} answered HTTP {response.status_code}"
+                    f"{redacted(response.url)} answered HTTP {response.status_code}",
+                    transient=_is_transient_status(response.status_code),
                 )
             return response.read_capped(settings.image_max_bytes)
     except OutboundError as exc:
-        raise ImageFetchError(str(exc)) from exc
+        raise ImageFetchError(str(exc), transient=exc.transient) from exc
+
+
+def _is_transient_status(status: int) -> bool:
+    """Server errors, timeouts reported by a proxy, and rate limiting pass; the rest stays."""
+    return status >= 500 or status in (408, 425, 429)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -14,7 +16,11 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from moderation.config import Settings
 from moderation.submissions.models import Submission
+from moderation.vlm.service import circuit_summary
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["operations"])
 
@@ -28,28 +34,49 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _check(name: str, probe: Callable[[], bool]) -> dict[str, Any]:
+# A probe that has not answered by then counts as down: an orchestrator's probe has a timeout
+# of its own, and a slow answer is as useless to it as none.
+READINESS_DEADLINE_S = 3.0
+
+_PROBES = ThreadPoolExecutor(max_workers=6, thread_name_prefix="readyz")
+
+
+def _run_checks(probes: dict[str, Callable[[], bool]]) -> list[dict[str, Any]]:
+    """Run the probes side by side; report each by name, ok or not, and how long it took.
+
+    Why a probe failed stays in the server's log: this endpoint is unauthenticated, and an
+    exception's text names hosts, ports, users and library versions.
+    """
     started = time.monotonic()
-    try:
-        ok = probe()
-        error = None if ok else "not reachable"
-    except Exception as exc:
-        ok, error = False, f"{type(exc).__name__}: {exc}"
-    result: dict[str, Any] = {
-        "name": name,
-        "ok": ok,
-        "ms": round((time.monotonic() - started) * 1000),
-    }
-    if error:
-        result["error"] = error
-    return result
+    futures = {name: _PROBES.submit(probe) for name, probe in probes.items()}
+    wait(futures.values(), timeout=READINESS_DEADLINE_S)
+    results: list[dict[str, Any]] = []
+    for name, future in futures.items():
+        result: dict[str, Any] = {"name": name, "ok": False}
+        if not future.done():
+            result["error"] = "timed out"
+            logger.warning("readiness: %s did not answer within %.0fs", name, READINESS_DEADLINE_S)
+        elif future.exception() is not None:
+            result["error"] = "unreachable"
+            logger.warning("readiness: %s failed", name, exc_info=future.exception())
+        elif not future.result():
+            result["error"] = "not ready"
+        else:
+            result["ok"] = True
+        result["ms"] = round((time.monotonic() - started) * 1000)
+        results.append(result)
+    return results
 
 
 _READINESS_SCHEMA = {
     "type": "object",
-    "required": ["status", "checks"],
+    "required": ["status", "failing", "checks"],
     "properties": {
         "status": {"type": "string", "enum": ["ready", "not_ready"]},
+        "failing": {
+            "type": "array",
+            "items": {"type": "string", "enum": ["database", "broker", "model"]},
+        },
         "checks": {
             "type": "array",
             "items": {
@@ -59,7 +86,7 @@ _READINESS_SCHEMA = {
                     "name": {"type": "string"},
                     "ok": {"type": "boolean"},
                     "ms": {"type": "integer"},
-                    "error": {"type": "string"},
+                    "error": {"type": "string", "enum": ["unreachable", "timed out", "not ready"]},
                 },
             },
         },
@@ -70,7 +97,7 @@ _READINESS_SCHEMA = {
 def _readiness(ok: bool) -> dict[str, Any]:
     model = {"name": "model", "ok": ok, "ms": 12 if ok else 2001}
     if not ok:
-        model["error"] = "APITimeoutError: Request timed out."
+        model["error"] = "timed out"
     return {
         "description": "ready" if ok else "a dependency does not answer",
         "content": {
@@ -78,6 +105,7 @@ def _readiness(ok: bool) -> dict[str, Any]:
                 "schema": _READINESS_SCHEMA,
                 "example": {
                     "status": "ready" if ok else "not_ready",
+                    "failing": [] if ok else ["model"],
                     "checks": [
                         {"name": "database", "ok": True, "ms": 2},
                         {"name": "broker", "ok": True, "ms": 3},
@@ -91,7 +119,11 @@ def _readiness(ok: bool) -> dict[str, Any]:
 
 @router.get("/readyz", responses={200: _readiness(True), 503: _readiness(False)})
 def readyz(request: Request) -> JSONResponse:
-    """Ready when the database, the broker and the model endpoint all answer."""
+    """Ready when the database, the broker and the model endpoint all answer.
+
+    The body names each dependency and whether it answered; `failing` lists the ones that did
+    not. It never says where they are or what they said.
+    """
     factory: sessionmaker[Session] = request.app.state.sessionmaker
 
     def database() -> bool:
@@ -108,12 +140,36 @@ def readyz(request: Request) -> JSONResponse:
     def model() -> bool:
         return bool(request.app.state.vlm_client().ping(timeout=2.0))
 
-    checks = [_check("database", database), _check("broker", broker), _check("model", model)]
-    ready = all(check["ok"] for check in checks)
+    checks = _run_checks({"database": database, "broker": broker, "model": model})
+    model_check = next(check for check in checks if check["name"] == "model")
+    _add_circuit_state(model_check, factory, request.app.state.settings)
+    failing = [check["name"] for check in checks if not check["ok"]]
     return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "checks": checks},
-        status_code=200 if ready else 503,
+        {"status": "not_ready" if failing else "ready", "failing": failing, "checks": checks},
+        status_code=503 if failing else 200,
     )
+
+
+def _add_circuit_state(
+    check: dict[str, Any], factory: sessionmaker[Session], settings: Settings
+) -> None:
+    """The workers' circuit breakers: the model counts as down while any of them is open,
+    even if it answers the API's own ping (they saw it fail; it may be failing still)."""
+    try:
+        with factory() as session:
+            summary = circuit_summary(session, settings)
+    except Exception:
+        return  # the database check already says what is wrong
+    check["circuit"] = {
+        "state": summary.state.value,
+        "workers": summary.workers,
+        "open_workers": summary.open_workers,
+    }
+    if summary.open_workers:
+        check["ok"] = False
+        check["error"] = (
+            f"circuit breaker open in {summary.open_workers} of {summary.workers} workers"
+        )
 
 
 class SubmissionCollector(Collector):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import socket
 import ssl
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -55,12 +56,17 @@ class OutboundError(Exception):
     """The request was refused before sending, or did not complete within its limits.
 
     `timed_out` tells a slow server from a refusal, for callers that retry the one and not the
-    other.
+    other. `transient` is wider: the failure may pass by itself (a timeout, a refused or dropped
+    connection, a DNS server that did not answer), where a refused address, scheme or size will
+    not change.
     """
 
-    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+    def __init__(
+        self, message: str, *, timed_out: bool = False, transient: bool | None = None
+    ) -> None:
         super().__init__(message)
         self.timed_out = timed_out
+        self.transient = timed_out if transient is None else transient
 
 
 @dataclass(frozen=True)
@@ -265,7 +271,9 @@ def _check_target(url: httpx.URL, limits: OutboundLimits) -> _Target:
     try:
         addresses = resolve(host, port)
     except (OSError, UnicodeError) as exc:
-        raise OutboundError(f"cannot resolve {host}: {exc}") from exc
+        # EAI_AGAIN: the resolver did not answer in time; "no such name" will not change.
+        transient = isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_AGAIN
+        raise OutboundError(f"cannot resolve {host}: {exc}", transient=transient) from exc
     if allow_list_key(host, port) not in limits.allow_hosts:
         blocked = [str(address) for address in addresses if is_blocked_address(address)]
         if blocked:
@@ -329,7 +337,7 @@ def _send_to_checked_address(
         except httpx.HTTPError as exc:
             raise _transfer_error(target.url, exc, deadline) from exc
     assert refused is not None  # resolve never returns an empty tuple
-    raise OutboundError(f"cannot connect to {target.host}:{target.port}: {refused}")
+    raise OutboundError(f"cannot connect to {target.host}:{target.port}: {refused}", transient=True)
 
 
 def _redirect_location(current_url: httpx.URL, response: httpx.Response) -> httpx.URL:
@@ -346,7 +354,9 @@ def _redirect_location(current_url: httpx.URL, response: httpx.Response) -> http
 def _transfer_error(url: httpx.URL, exc: httpx.HTTPError, deadline: Deadline) -> OutboundError:
     if deadline.remaining() <= 0:
         return deadline.exceeded_error()
-    return OutboundError(f"request to {redacted(url)} failed: {type(exc).__name__}: {exc}")
+    return OutboundError(
+        f"request to {redacted(url)} failed: {type(exc).__name__}: {exc}", transient=True
+    )
 
 
 def redacted(url: httpx.URL) -> str:

@@ -2,35 +2,50 @@
 
 Every path ends in a stored decision. A run that cannot judge the content ends in `review` with
 a machine-readable reason, never in `allow`, and a run that dies is picked up by the relay.
+While it runs, the worker's heartbeat keeps its lease alive; an outage-caused review is
+scheduled for re-drive; a database that drops away is waited for, with backoff, rather than
+losing a judgement already paid for.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from moderation.audit.service import record_event
 from moderation.database import session_scope
 from moderation.decisions.models import DecisionSource, ReviewReason
 from moderation.decisions.rules import failure
 from moderation.decisions.service import finish_without_judging, record_decision
-from moderation.pipeline.judge import JudgedWork, SourceImage, judge_content
+from moderation.pipeline.judge import ImageResult, JudgedWork, SourceImage, judge_content
+from moderation.pipeline.redrive import schedule_redrive
 from moderation.pipeline.runtime import WORKER_ACTOR, PipelineRuntime
 from moderation.pipeline.shadow import ShadowRun, ShadowVersion, judge_in_shadow
 from moderation.pipeline.verdicts import verdict_rows
 from moderation.policies.schemas import PolicyDocument
 from moderation.policies.service import document_for_version
 from moderation.submissions import repository
-from moderation.submissions.models import VerdictRole
+from moderation.submissions.models import SubmissionImageFrame, VerdictRole
+from moderation.tenants.service import record_token_usage, token_budget
 
 logger = logging.getLogger(__name__)
 
 # Time kept back from the soft limit for the final write.
 _STORE_MARGIN_S = 10.0
+# Waiting out a database outage: first pause, and the longest pause between two tries.
+_DATABASE_RETRY_FIRST_S = 0.5
+_DATABASE_RETRY_MAX_S = 8.0
+
+_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
@@ -45,28 +60,48 @@ class WorkItem:
     images: list[SourceImage]
     # A version of the same policy that judges this submission too, without deciding.
     shadow: ShadowVersion | None = None
+    # Why the tenant may spend no more model tokens today, if it may not.
+    budget_exhausted: str | None = None
 
 
 def moderate_submission(submission_id: uuid.UUID, runtime: PipelineRuntime) -> None:
     """Safe to run twice: a second delivery finds the row decided or leased and does nothing."""
-    work = _claim(submission_id, runtime)
+    settings = runtime.settings
+    # A claim that cannot reach the database waits for it (holding this message, so the worker
+    # does not drain its queue meanwhile); past the relay's grace the relay re-sends anyway.
+    work = _while_database_down(
+        lambda: _claim(submission_id, runtime), settings.relay_grace_s, f"claiming {submission_id}"
+    )
     if work is None:
         return
-    try:
-        judged = judge_content(
-            work.images,
-            work.text,
-            work.policy,
-            runtime,
-            deadline=_deadline(runtime),
-            cache_tenant=work.tenant_id,
+    with runtime.heartbeat.hold(
+        work.submission_id, work.lease_token, renew_for_s=settings.task_hard_time_limit_s
+    ):
+        try:
+            judged = judge_content(
+                work.images,
+                work.text,
+                work.policy,
+                runtime,
+                deadline=_deadline(runtime),
+                cache_tenant=work.tenant_id,
+                budget_exhausted=work.budget_exhausted,
+            )
+        except Exception as exc:
+            logger.exception("moderating %s failed", submission_id)
+            judged = JudgedWork(
+                # Tenants read this detail: the kind of failure, not its text (which may hold
+                # SQL, hosts or reprs); the traceback is in the worker's log above.
+                failure(ReviewReason.internal_error),
+                detail=f"internal error ({type(exc).__name__}); the worker log has the details",
+            )
+        # The judgement is paid for: wait out a database outage of up to a lease to store it.
+        # Past that, the lease has run out and another worker will judge the submission again.
+        stored = _while_database_down(
+            lambda: _store(work, judged, runtime), settings.lease_s, f"storing {submission_id}"
         )
-    except Exception as exc:
-        logger.exception("moderating %s failed", submission_id)
-        judged = JudgedWork(
-            failure(ReviewReason.internal_error), detail=f"{type(exc).__name__}: {exc}"
-        )
-    if _store(work, judged, runtime) and work.shadow is not None:
+    # A tenant past its token budget gets no shadow judgement either: it would spend tokens.
+    if stored and work.shadow is not None and work.budget_exhausted is None:
         # After the live decision is committed: the shadow can neither delay nor change it.
         judge_in_shadow(
             ShadowRun(
@@ -90,6 +125,33 @@ def _deadline(runtime: PipelineRuntime) -> float:
     return time.monotonic() + soft_limit - min(_STORE_MARGIN_S, soft_limit * 0.2)
 
 
+def _while_database_down(
+    operation: Callable[[], _Result], give_up_after_s: float, what: str
+) -> _Result:
+    """Run `operation`, trying again with backoff while the database cannot be reached."""
+    give_up_at = time.monotonic() + give_up_after_s
+    pause = _DATABASE_RETRY_FIRST_S
+    while True:
+        try:
+            return operation()
+        except DBAPIError as exc:
+            if not _database_unreachable(exc) or time.monotonic() + pause > give_up_at:
+                raise
+            logger.warning(
+                "database unreachable while %s (%s); trying again in %.1f s",
+                what,
+                type(exc.orig).__name__,
+                pause,
+            )
+            time.sleep(pause)
+            pause = min(pause * 2, _DATABASE_RETRY_MAX_S)
+
+
+def _database_unreachable(exc: DBAPIError) -> bool:
+    """A lost or refused connection, as opposed to an error in the statement itself."""
+    return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+
+
 def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | None:
     settings = runtime.settings
     with session_scope(runtime.sessions) as session:
@@ -103,7 +165,8 @@ def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | Non
         if claimed is None:
             logger.info("submission %s is decided or held by another worker", submission_id)
             return None
-        if claimed.attempts > settings.max_attempts:
+        # Attempts that ended in a decision before a re-drive do not count: only runs that died.
+        if claimed.attempts - claimed.redrives > settings.max_attempts:
             submission = repository.get(session, claimed.id)
             assert submission is not None
             finish_without_judging(
@@ -113,6 +176,7 @@ def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | Non
                 f"gave up after {settings.max_attempts} attempts that did not finish",
             )
             return None
+        budget = token_budget(session, claimed.tenant_id)
         shadow = claimed.shadow_version_id
         return WorkItem(
             submission_id=claimed.id,
@@ -123,15 +187,27 @@ def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | Non
             policy_version_id=claimed.policy_version_id,
             policy=document_for_version(session, claimed.policy_version_id),
             images=[
-                SourceImage(image.position, image.source_url, image.source_data)
-                for image in claimed.images
+                SourceImage(
+                    source.position,
+                    source.url,
+                    load=functools.partial(_load_source, runtime, claimed.id, source.position)
+                    if source.has_data
+                    else None,
+                )
+                for source in claimed.images
             ],
             shadow=(
                 ShadowVersion(shadow, document_for_version(session, shadow))
                 if shadow is not None
                 else None
             ),
+            budget_exhausted=budget.explain() if budget.exhausted else None,
         )
+
+
+def _load_source(runtime: PipelineRuntime, submission_id: uuid.UUID, position: int) -> bytes | None:
+    with session_scope(runtime.sessions) as session:
+        return repository.source_bytes(session, submission_id, position)
 
 
 def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> bool:
@@ -143,19 +219,7 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> bool
             logger.warning("lease on %s lost before storing; discarding", work.submission_id)
             return False
         for result in judged.images:
-            values: dict[str, Any] = {"error": result.error}
-            if result.normalized is not None:
-                image = result.normalized
-                values |= {
-                    "data": image.data,
-                    "sha256": image.sha256,
-                    "width": image.width,
-                    "height": image.height,
-                    "mime": image.mime,
-                    "source_mime": image.source_mime,
-                    "tokens": image.tokens,
-                }
-            repository.update_image(session, submission.id, result.position, values)
+            _store_image(session, submission.id, result)
         session.add_all(
             verdict_rows(
                 judged,
@@ -179,9 +243,66 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> bool
                     "latency_ms": call.latency_ms,
                 },
             )
+        record_token_usage(session, work.tenant_id, judged.tokens)
         if judged.reused is not None:
             source = DecisionSource.cache
         else:
             source = DecisionSource.model if judged.calls else DecisionSource.system
-        record_decision(session, submission, judged.outcome, source=source, detail=judged.detail)
+        # The window of an outage that already sent this submission to review, if one did.
+        window_until: datetime | None = submission.redrive_until
+        record_decision(
+            session,
+            submission,
+            judged.outcome,
+            source=source,
+            detail=judged.detail,
+            settings=runtime.settings,
+        )
+        if judged.retryable and judged.outcome.reason is not None:
+            schedule_redrive(
+                session,
+                submission,
+                judged.outcome.reason,
+                runtime.settings,
+                window_until=window_until,
+            )
     return True
+
+
+def _store_image(session: Session, submission_id: uuid.UUID, result: ImageResult) -> None:
+    values: dict[str, Any] = {"error": result.error}
+    media = result.media
+    if media is not None:
+        image = media.primary
+        values |= {
+            "data": image.data,
+            "sha256": image.sha256,
+            "width": image.width,
+            "height": image.height,
+            "mime": image.mime,
+            "source_mime": image.source_mime,
+            "tokens": image.tokens,
+            "frame_count": media.frame_count,
+        }
+        if media.frame_count > 1:
+            repository.replace_frames(
+                session,
+                submission_id,
+                result.position,
+                [
+                    SubmissionImageFrame(
+                        submission_id=submission_id,
+                        position=result.position,
+                        frame=frame.index,
+                        time_ms=frame.time_ms,
+                        data=frame.image.data,
+                        sha256=frame.image.sha256,
+                        width=frame.image.width,
+                        height=frame.image.height,
+                        mime=frame.image.mime,
+                        tokens=frame.image.tokens,
+                    )
+                    for frame in media.frames
+                ],
+            )
+    repository.update_image(session, submission_id, result.position, values)

@@ -29,12 +29,13 @@ def requeue_stalled_submissions(runtime: PipelineRuntime, *, limit: int = 500) -
         )
         for submission in stalled:
             lost_worker = submission.status is SubmissionStatus.processing
-            if lost_worker and submission.attempts >= settings.max_attempts:
+            unfinished = submission.attempts - submission.redrives
+            if lost_worker and unfinished >= settings.max_attempts:
                 finish_without_judging(
                     session,
                     submission,
                     ReviewReason.processing_failed,
-                    f"{submission.attempts} attempts ended without a result",
+                    f"{unfinished} attempts ended without a result",
                 )
                 continue
             submission.status = SubmissionStatus.queued

@@ -21,6 +21,7 @@ from moderation.pipeline.verdicts import verdict_rows
 from moderation.policies import service as policies
 from moderation.policies.schemas import PolicyDocument
 from moderation.submissions.models import VerdictRole
+from moderation.tenants.service import record_token_usage
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +86,11 @@ def judge_in_shadow(
 
 
 def _images_the_live_run_saw(run: ShadowRun, live: JudgedWork) -> list[SourceImage] | None:
-    seen = [result for result in live.images if result.normalized is not None]
+    seen = [result for result in live.images if result.media is not None]
     if len(seen) != run.image_count:
         return None
-    return [
-        SourceImage(position=r.position, url=None, data=None, normalized=r.normalized) for r in seen
-    ]
+    # The whole media, every frame the live run showed the model, not only the first.
+    return [SourceImage(position=r.position, url=None, normalized=r.media) for r in seen]
 
 
 def _store(run: ShadowRun, judged: JudgedWork, runtime: PipelineRuntime) -> None:
@@ -117,6 +117,8 @@ def _store(run: ShadowRun, judged: JudgedWork, runtime: PipelineRuntime) -> None
             )
         )
         policies.settle_shadow_calls(session, run.tenant_id, reserved=1, made=len(judged.calls))
+        # Shadow calls are model calls like any other: they count against the token budget.
+        record_token_usage(session, run.tenant_id, judged.tokens)
         data: dict[str, object] = {
             "policy_version": run.version.policy.version,
             "action": outcome.action.value,

@@ -26,6 +26,9 @@ def verdict_rows(
     ]
     if judged.reused is not None:
         rows.append(_reused_row(judged.reused, submission_id, policy_version_id, attempt, role))
+    # Which file and frame each image of the prompt was, for the verdict's `image` index.
+    for row in rows:
+        row.image_refs = [list(ref) for ref in judged.image_refs]
     return rows
 
 

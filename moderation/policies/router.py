@@ -1,19 +1,26 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
 
+from fastapi import APIRouter, Path, status
+
+from moderation.core.fields import VersionNumber
 from moderation.core.problems import problem_responses
 from moderation.database import DbSession
 from moderation.policies import service
 from moderation.policies.schemas import (
     PolicyDraft,
     PolicyRead,
+    PolicySlug,
     PolicyVersionRead,
     PolicyWithVersions,
 )
 from moderation.tenants.dependencies import Admin, AnyRole
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"])
+
+# A slug that could never name a policy is a 422 naming the path parameter, not a lookup.
+Slug = Annotated[PolicySlug, Path(description="the policy's slug, e.g. `default`")]
 
 
 @router.get("", response_model=list[PolicyRead], responses=problem_responses(401))
@@ -23,7 +30,7 @@ def list_policies(session: DbSession, principal: AnyRole) -> list[PolicyRead]:
 
 
 @router.get("/{slug}", response_model=PolicyWithVersions, responses=problem_responses(401, 404))
-def get_policy(slug: str, session: DbSession, principal: AnyRole) -> PolicyWithVersions:
+def get_policy(slug: Slug, session: DbSession, principal: AnyRole) -> PolicyWithVersions:
     return service.read_policy(session, principal.tenant_id, slug)
 
 
@@ -33,7 +40,7 @@ def get_policy(slug: str, session: DbSession, principal: AnyRole) -> PolicyWithV
     responses=problem_responses(401, 404),
 )
 def get_policy_version(
-    slug: str, version: int, session: DbSession, principal: AnyRole
+    slug: Slug, version: VersionNumber, session: DbSession, principal: AnyRole
 ) -> PolicyVersionRead:
     return service.read_version(session, principal.tenant_id, slug, version)
 
@@ -45,7 +52,7 @@ def get_policy_version(
     responses=problem_responses(401, 403, 422),
 )
 def create_policy_version(
-    slug: str, draft: PolicyDraft, session: DbSession, principal: Admin
+    slug: Slug, draft: PolicyDraft, session: DbSession, principal: Admin
 ) -> PolicyVersionRead:
     """Store a new draft version, numbered after the policy's latest. Nothing is judged by it
     until it is activated (or shadowed)."""
@@ -60,7 +67,7 @@ def create_policy_version(
     responses=problem_responses(401, 403, 404),
 )
 def activate_policy_version(
-    slug: str, version: int, session: DbSession, principal: Admin
+    slug: Slug, version: VersionNumber, session: DbSession, principal: Admin
 ) -> PolicyWithVersions:
     """New submissions of this tenant are judged by this version; old verdicts keep theirs."""
     return service.activate_version(session, principal.tenant_id, slug, version)
@@ -72,7 +79,7 @@ def activate_policy_version(
     responses=problem_responses(401, 403, 404, 409),
 )
 def shadow_policy_version(
-    slug: str, version: int, session: DbSession, principal: Admin
+    slug: Slug, version: VersionNumber, session: DbSession, principal: Admin
 ) -> PolicyWithVersions:
     """Judge live submissions with this version too, for comparison; only the active version
     decides. Its model calls count against the daily shadow cap."""
@@ -85,7 +92,7 @@ def shadow_policy_version(
     responses=problem_responses(401, 403, 404),
 )
 def stop_shadowing_policy_version(
-    slug: str, version: int, session: DbSession, principal: Admin
+    slug: Slug, version: VersionNumber, session: DbSession, principal: Admin
 ) -> PolicyWithVersions:
     """Stop judging live submissions with this version."""
     return service.stop_shadow(session, principal.tenant_id, slug, version)

@@ -8,10 +8,12 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from moderation.core.fields import Text
 from moderation.policies import examples
 from moderation.policies.models import PolicyVersionStatus
 
 CategoryId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+PolicySlug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")]
 Severity = Annotated[int, Field(ge=1, le=4)]
 
 # How long an item may wait for a reviewer before it counts as late: a day, the usual promise of
@@ -39,7 +41,7 @@ class CategoryExample(BaseModel):
         extra="forbid", frozen=True, json_schema_extra={"examples": [examples.CATEGORY_EXAMPLE]}
     )
 
-    content: str = Field(min_length=1, description="What the upload shows or says.")
+    content: Text = Field(min_length=1, description="What the upload shows or says.")
     severity: Severity | None = Field(
         default=None, description="The severity a reviewer would give; null means allowed."
     )
@@ -51,9 +53,9 @@ class PolicyCategory(BaseModel):
     )
 
     id: CategoryId
-    name: str = Field(min_length=1)
-    definition: str = Field(min_length=1)
-    allowed: list[str] = Field(
+    name: Text = Field(min_length=1)
+    definition: Text = Field(min_length=1)
+    allowed: list[Text] = Field(
         default_factory=list, description="Exceptions: what is not a violation."
     )
     examples: list[CategoryExample] = Field(default_factory=list)
@@ -74,13 +76,13 @@ class PolicyDocument(BaseModel):
         extra="forbid", frozen=True, json_schema_extra={"examples": [examples.DOCUMENT]}
     )
 
-    slug: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")]
+    slug: PolicySlug
     version: int = Field(ge=1)
-    title: str = Field(min_length=1)
-    instructions: str = Field(min_length=1)
+    title: Text = Field(min_length=1)
+    instructions: Text = Field(min_length=1)
     min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
     review_sla_minutes: ReviewSlaMinutes = DEFAULT_REVIEW_SLA_MINUTES
-    severity_scale: dict[Severity, str] = Field(
+    severity_scale: dict[Severity, Text] = Field(
         default_factory=lambda: dict(DEFAULT_SEVERITY_SCALE)
     )
     categories: list[PolicyCategory] = Field(min_length=1)
@@ -150,11 +152,11 @@ class PolicyDraft(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [examples.DRAFT]})
 
-    title: str = Field(min_length=1)
-    instructions: str = Field(min_length=1)
+    title: Text = Field(min_length=1)
+    instructions: Text = Field(min_length=1)
     min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
     review_sla_minutes: ReviewSlaMinutes = DEFAULT_REVIEW_SLA_MINUTES
-    severity_scale: dict[Severity, str] = Field(
+    severity_scale: dict[Severity, Text] = Field(
         default_factory=lambda: dict(DEFAULT_SEVERITY_SCALE)
     )
     categories: list[PolicyCategory] = Field(min_length=1)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
+from moderation.core.fields import INT4_MAX
 from moderation.core.problems import problem_responses
 from moderation.database import DbSession
 from moderation.reports import render, service
@@ -70,7 +71,8 @@ def agreement_report(
         Query(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$", description="a policy slug; default: all"),
     ] = None,
     version: Annotated[
-        int | None, Query(ge=1, description="one version of `policy`; default: all")
+        int | None,
+        Query(ge=1, le=INT4_MAX, description="one version of `policy`; default: all"),
     ] = None,
     since: Annotated[datetime | None, Query(description="inclusive, with a UTC offset")] = None,
     until: Annotated[datetime | None, Query(description="exclusive, with a UTC offset")] = None,

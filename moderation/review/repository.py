@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select
 from sqlalchemy.orm import Session, defer
 
 from moderation.decisions.models import Decision
 from moderation.policies.models import Policy, PolicyVersion
 from moderation.review.models import ReviewTask, TaskKind, TaskStatus
 from moderation.submissions.models import Submission, SubmissionImage, Verdict
+from moderation.submissions.repository import awaiting_redrive
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class QueueFilter:
     older_than: timedelta | None = None
     newer_than: timedelta | None = None
     sla_breached: bool | None = None
+    # Tasks of submissions an outage sent here, which re-drive will judge again by itself.
+    include_redrive: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,12 @@ def _waiting() -> ColumnElement[bool]:
         ReviewTask.status == TaskStatus.open,
         and_(ReviewTask.status == TaskStatus.claimed, ReviewTask.lease_expires_at <= func.now()),
     )
+
+
+def _not_awaiting_redrive() -> ColumnElement[bool]:
+    """The task's submission is not waiting to be judged again automatically: a reviewer
+    would only duplicate the re-drive, and one outage would flood the queue."""
+    return ~exists().where(Submission.id == ReviewTask.submission_id, awaiting_redrive())
 
 
 def lock_active_tasks(session: Session, submission_id: uuid.UUID) -> list[ReviewTask]:
@@ -110,6 +119,7 @@ def claimable(
     kind: TaskKind | None,
     reviewer_key_id: uuid.UUID,
     reviewer_name: str | None,
+    include_redrive: bool = False,
 ) -> tuple[list[ReviewTask], datetime]:
     """Lock the most urgent waiting tasks nobody else is locking right now, with the clock the
     new leases start from.
@@ -139,6 +149,8 @@ def claimable(
         query = query.where(ReviewTask.kind != TaskKind.escalation)
     if kind is not None:
         query = query.where(ReviewTask.kind == kind)
+    if not include_redrive:
+        query = query.where(_not_awaiting_redrive())
     rows = session.execute(query).all()
     if not rows:
         return [], database_now(session)
@@ -151,6 +163,8 @@ def _filtered(tenant_id: uuid.UUID, filters: QueueFilter) -> Any:
         query = query.where(ReviewTask.kind != TaskKind.escalation)
     if filters.kind is not None:
         query = query.where(ReviewTask.kind == filters.kind)
+    if not filters.include_redrive:
+        query = query.where(_not_awaiting_redrive())
     if filters.policy is not None:
         query = (
             query.join(PolicyVersion, PolicyVersion.id == ReviewTask.policy_version_id)
@@ -328,7 +342,7 @@ def policy_slugs(session: Session, version_ids: Sequence[uuid.UUID]) -> dict[uui
 def waiting_by_kind_and_priority(session: Session) -> list[tuple[str, int, int]]:
     rows = session.execute(
         select(ReviewTask.kind, ReviewTask.priority, func.count())
-        .where(_waiting())
+        .where(_waiting(), _not_awaiting_redrive())
         .group_by(ReviewTask.kind, ReviewTask.priority)
     )
     return [(str(kind), int(priority), int(count)) for kind, priority, count in rows]
@@ -342,7 +356,7 @@ def waiting_age_and_breaches_by_kind(session: Session) -> list[tuple[str, float,
             func.extract("epoch", func.now() - func.min(ReviewTask.created_at)),
             func.count().filter(ReviewTask.due_at < func.now()),
         )
-        .where(_waiting())
+        .where(_waiting(), _not_awaiting_redrive())
         .group_by(ReviewTask.kind)
     )
     return [(str(kind), float(age or 0.0), int(breached)) for kind, age, breached in rows]

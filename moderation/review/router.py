@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
 
 from moderation.config import Settings
+from moderation.core.fields import Duration, Text
+from moderation.core.pagination import CursorParam
 from moderation.core.problems import problem_responses
 from moderation.database import DbSession
 from moderation.decisions.models import DecisionSource, ReviewReason
@@ -46,21 +47,28 @@ def read_queue(
     session: DbSession,
     principal: Reviewer,
     kind: TaskKind | None = None,
-    policy: Annotated[str | None, Query(max_length=64, description="policy slug")] = None,
+    policy: Annotated[Text | None, Query(max_length=64, description="policy slug")] = None,
     category: Annotated[CategoryId | None, Query(description="a category the task names")] = None,
     reason: Annotated[ReviewReason | None, Query(description="why it went to review")] = None,
     source: Annotated[
         DecisionSource | None, Query(description="what decided it should go to review")
     ] = None,
     older_than: Annotated[
-        timedelta | None, Query(description="waiting at least this long: seconds or ISO 8601")
+        Duration | None, Query(description="waiting at least this long: seconds or ISO 8601")
     ] = None,
     newer_than: Annotated[
-        timedelta | None, Query(description="waiting at most this long: seconds or ISO 8601")
+        Duration | None, Query(description="waiting at most this long: seconds or ISO 8601")
     ] = None,
     sla_breached: Annotated[bool | None, Query(description="only late, or only on-time")] = None,
+    include_redrive: Annotated[
+        bool,
+        Query(
+            description="also list tasks of submissions an outage sent here, which are judged "
+            "again automatically while their re-drive window lasts"
+        ),
+    ] = False,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: str | None = None,
+    cursor: CursorParam = None,
 ) -> ReviewQueuePage:
     """Waiting tasks, most urgent first: appeals, escalations (admins only), child safety,
     severity, then the oldest. Each task carries what a reviewer needs to decide it."""
@@ -73,6 +81,7 @@ def read_queue(
         older_than=older_than,
         newer_than=newer_than,
         sla_breached=sla_breached,
+        include_redrive=include_redrive,
     )
     return service.read_queue(session, principal, query, limit=limit, cursor=cursor)
 

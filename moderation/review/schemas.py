@@ -8,6 +8,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from moderation.core.fields import Text
 from moderation.core.pagination import Page
 from moderation.decisions.models import Action
 from moderation.policies.schemas import CategoryId, Severity
@@ -48,7 +49,7 @@ class ReviewDecisionCreate(BaseModel):
         max_length=32,
         description="Categories of the task's policy version; required to restrict or block.",
     )
-    notes: str | None = Field(default=None, max_length=2000)
+    notes: Text | None = Field(default=None, max_length=2000)
 
     @model_validator(mode="after")
     def _categories_explain_the_action(self) -> Self:
@@ -77,6 +78,11 @@ class ClaimRequest(BaseModel):
         "default when absent, and at most its maximum.",
     )
     kind: TaskKind | None = Field(default=None, description="Take only tasks of this kind.")
+    include_redrive: bool = Field(
+        default=False,
+        description="Also take tasks of submissions an outage sent to review, which are judged "
+        "again automatically while their re-drive window lasts.",
+    )
 
 
 class RenewRequest(BaseModel):
@@ -95,7 +101,7 @@ class EscalateRequest(BaseModel):
         },
     )
 
-    notes: str = Field(min_length=1, max_length=2000)
+    notes: Text = Field(min_length=1, max_length=2000)
 
 
 class AppealCreate(BaseModel):
@@ -106,7 +112,7 @@ class AppealCreate(BaseModel):
         },
     )
 
-    reason: str = Field(min_length=1, max_length=2000, description="The uploader's words.")
+    reason: Text = Field(min_length=1, max_length=2000, description="The uploader's words.")
 
 
 class ReviewImage(BaseModel):

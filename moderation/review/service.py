@@ -9,13 +9,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
 from moderation.audit.service import record_event
 from moderation.config import Settings
 from moderation.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from moderation.core.fields import INT4_MAX
 from moderation.core.pagination import decode_position, encode_position
 from moderation.decisions.models import Action, Decision, DecisionSource
 from moderation.decisions.rules import Outcome
@@ -51,7 +53,8 @@ from moderation.review.schemas import (
     TaskState,
 )
 from moderation.submissions.models import Submission, SubmissionImage, Verdict
-from moderation.submissions.schemas import CategoryRead, DecisionRead, PolicyRef, ViolationRead
+from moderation.submissions.schemas import CategoryRead, DecisionRead, PolicyRef
+from moderation.submissions.service import violations_with_evidence
 from moderation.tenants.models import Role
 from moderation.tenants.service import Principal
 
@@ -68,6 +71,7 @@ class QueueQuery:
     older_than: timedelta | None = None
     newer_than: timedelta | None = None
     sla_breached: bool | None = None
+    include_redrive: bool = False
 
 
 def _is_admin(principal: Principal) -> bool:
@@ -95,6 +99,7 @@ def read_queue(
         older_than=query.older_than,
         newer_than=query.newer_than,
         sla_breached=query.sla_breached,
+        include_redrive=query.include_redrive,
     )
     after = _decode_queue_cursor(cursor) if cursor else None
     rows = repository.queue_page(
@@ -114,15 +119,17 @@ def read_queue(
     )
 
 
+# The priority is compared with an `integer` column: beyond 32 bits PostgreSQL raises.
+_QUEUE_POSITION = TypeAdapter(
+    tuple[Annotated[int, Field(ge=-INT4_MAX - 1, le=INT4_MAX)], AwareDatetime, uuid.UUID]
+)
+
+
 def _decode_queue_cursor(cursor: str) -> QueuePosition:
-    priority, created_at, task_id = decode_position(cursor, 3)
     try:
-        return QueuePosition(
-            priority=int(priority),
-            created_at=datetime.fromisoformat(str(created_at)),
-            task_id=uuid.UUID(str(task_id)),
-        )
-    except ValueError as exc:
+        priority, created_at, task_id = _QUEUE_POSITION.validate_python(decode_position(cursor, 3))
+        return QueuePosition(priority=priority, created_at=created_at, task_id=task_id)
+    except ValidationError as exc:
         raise ValidationFailed(
             "cursor is not one this API returned",
             errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
@@ -181,6 +188,7 @@ def claim_tasks(
         kind=request.kind,
         reviewer_key_id=principal.key_id,
         reviewer_name=principal.name,
+        include_redrive=request.include_redrive,
     )
     for task in tasks:
         if task.status is TaskStatus.claimed:
@@ -639,7 +647,7 @@ def _present_verdict(verdict: Verdict) -> ModelVerdictView:
         rating=parsed.get("rating"),
         confidence=parsed.get("confidence"),
         rationale=parsed.get("rationale"),
-        violations=[ViolationRead.model_validate(v) for v in parsed.get("violations", [])],
+        violations=violations_with_evidence(verdict),
         rating_probability=verdict.rating_probability,
         error=verdict.error,
         reused=verdict.reused_from_id is not None,

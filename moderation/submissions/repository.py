@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, text, update
+import psycopg
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.types import Integer, Interval, String, Text, Uuid
@@ -17,6 +30,7 @@ from moderation.decisions.models import Action, Decision, ShadowOutcome
 from moderation.submissions.models import (
     Submission,
     SubmissionImage,
+    SubmissionImageFrame,
     SubmissionStatus,
     Verdict,
 )
@@ -104,10 +118,12 @@ def ingest_submission(
     policy_slug: str,
     pinned_version: int | None,
     images: Sequence[NewImageRow],
+    image_count: int,
     actor: str,
 ) -> IngestResult:
-    """Insert a queued submission with its images and `received`/`queued` events, unless
-    (tenant, external_id) exists or the policy has no such version."""
+    """Insert a queued submission with `images` and its `received`/`queued` events, unless
+    (tenant, external_id) exists or the policy has no such version. `image_count` is what the
+    submission has in all, for the audit trail: uploaded bytes may be written after, apart."""
     row = session.execute(
         _INGEST,
         {
@@ -118,7 +134,7 @@ def ingest_submission(
             "datas": [image.data for image in images],
             "shas": [image.sha256 for image in images],
             "actor": actor,
-            "image_count": len(images),
+            "image_count": image_count,
         },
     ).one()
     return IngestResult(created_id=row.created_id, version_found=bool(row.version_found))
@@ -146,9 +162,11 @@ def get(session: Session, submission_id: uuid.UUID) -> Submission | None:
     return session.get(Submission, submission_id)
 
 
-def add_all(session: Session, rows: Sequence[object]) -> None:
-    session.add_all(rows)
+def insert_image(session: Session, image: SubmissionImage) -> None:
+    """Write one image row now and forget it, so its bytes can be freed before the next."""
+    session.add(image)
     session.flush()
+    session.expunge(image)
 
 
 def list_for_tenant(
@@ -200,6 +218,197 @@ def images_of(
     )
 
 
+@dataclass(frozen=True)
+class StoredSource:
+    position: int
+    url: str | None
+    # Whether the inline upload is still stored (it is deleted after the final decision).
+    has_data: bool
+
+
+def stored_sources(session: Session, submission_id: uuid.UUID) -> list[StoredSource]:
+    """Where each image comes from, without reading any upload bytes."""
+    rows = session.execute(
+        select(
+            SubmissionImage.position,
+            SubmissionImage.source_url,
+            SubmissionImage.source_data.is_not(None),
+        )
+        .where(SubmissionImage.submission_id == submission_id)
+        .order_by(SubmissionImage.position)
+    )
+    return [StoredSource(position, url, bool(has_data)) for position, url, has_data in rows]
+
+
+def source_bytes(session: Session, submission_id: uuid.UUID, position: int) -> bytes | None:
+    """One inline upload's bytes, transferred in binary.
+
+    Postgres sends bytea as hex text unless asked for binary, and the driver would hold the
+    hex string (twice the size) next to the bytes while converting: 60 MB in flight for a
+    20 MB upload, in each worker thread reading one.
+    """
+    connection = session.connection().connection.driver_connection
+    if not isinstance(connection, psycopg.Connection):
+        return session.scalar(
+            select(SubmissionImage.source_data).where(
+                SubmissionImage.submission_id == submission_id,
+                SubmissionImage.position == position,
+            )
+        )
+    with connection.cursor(binary=True) as cursor:
+        cursor.execute(
+            "SELECT source_data FROM submission_images WHERE submission_id = %s AND position = %s",
+            (submission_id, position),
+        )
+        row = cursor.fetchone()
+    return bytes(row[0]) if row is not None and row[0] is not None else None
+
+
+def replace_frames(
+    session: Session, submission_id: uuid.UUID, position: int, frames: list[SubmissionImageFrame]
+) -> None:
+    """The sampled frames of one image; a second run of the same work replaces the first's."""
+    session.execute(
+        delete(SubmissionImageFrame).where(
+            SubmissionImageFrame.submission_id == submission_id,
+            SubmissionImageFrame.position == position,
+        )
+    )
+    session.add_all(frames)
+
+
+def frames_of(session: Session, submission_id: uuid.UUID) -> list[SubmissionImageFrame]:
+    return list(
+        session.scalars(
+            select(SubmissionImageFrame)
+            .where(SubmissionImageFrame.submission_id == submission_id)
+            .order_by(SubmissionImageFrame.position, SubmissionImageFrame.frame)
+            .options(defer(SubmissionImageFrame.data))
+        )
+    )
+
+
+def frame_at(
+    session: Session, submission_id: uuid.UUID, position: int, frame: int
+) -> SubmissionImageFrame | None:
+    return session.scalars(
+        select(SubmissionImageFrame).where(
+            SubmissionImageFrame.submission_id == submission_id,
+            SubmissionImageFrame.position == position,
+            SubmissionImageFrame.frame == frame,
+        )
+    ).one_or_none()
+
+
+def purge_originals(session: Session, submission_id: uuid.UUID) -> int:
+    """Delete the inline uploads of one submission; how many there were."""
+    purged = session.execute(
+        update(SubmissionImage)
+        .where(
+            SubmissionImage.submission_id == submission_id,
+            SubmissionImage.source_data.is_not(None),
+        )
+        .values(source_data=None, source_purged_at=func.now())
+        .returning(SubmissionImage.position)
+        .execution_options(synchronize_session=False)
+    )
+    return len(purged.all())
+
+
+@dataclass(frozen=True)
+class PurgedMedia:
+    submission_id: uuid.UUID
+    tenant_id: uuid.UUID
+    images: int
+
+
+def purge_expired_originals(
+    session: Session, *, decided_before: datetime, limit: int
+) -> list[PurgedMedia]:
+    """Delete inline uploads of submissions finally decided before `decided_before`.
+
+    Submissions in review keep theirs: judging them again needs them.
+    """
+    expired = (
+        select(SubmissionImage.id)
+        .join(Submission, Submission.id == SubmissionImage.submission_id)
+        .where(SubmissionImage.source_data.is_not(None), *_finally_decided_before(decided_before))
+        .limit(limit)
+        .with_for_update(of=SubmissionImage, skip_locked=True)
+    )
+    purged = session.execute(
+        update(SubmissionImage)
+        .where(SubmissionImage.id.in_(expired))
+        .values(source_data=None, source_purged_at=func.now())
+        .returning(SubmissionImage.submission_id)
+        .execution_options(synchronize_session=False)
+    )
+    return _per_submission(session, [row[0] for row in purged])
+
+
+def purge_expired_normalized(
+    session: Session, *, decided_before: datetime, limit: int
+) -> list[PurgedMedia]:
+    """Delete normalized images and frames of submissions finally decided before
+    `decided_before`; hashes, sizes, verdicts and decisions stay."""
+    expired_images = (
+        select(SubmissionImage.id)
+        .join(Submission, Submission.id == SubmissionImage.submission_id)
+        .where(SubmissionImage.data.is_not(None), *_finally_decided_before(decided_before))
+        .limit(limit)
+        .with_for_update(of=SubmissionImage, skip_locked=True)
+    )
+    purged = session.execute(
+        update(SubmissionImage)
+        .where(SubmissionImage.id.in_(expired_images))
+        .values(data=None, data_purged_at=func.now())
+        .returning(SubmissionImage.submission_id)
+        .execution_options(synchronize_session=False)
+    )
+    submission_ids = [row[0] for row in purged]
+    expired_frames = (
+        select(SubmissionImageFrame.id)
+        .join(Submission, Submission.id == SubmissionImageFrame.submission_id)
+        .where(SubmissionImageFrame.data.is_not(None), *_finally_decided_before(decided_before))
+        .limit(limit)
+        .with_for_update(of=SubmissionImageFrame, skip_locked=True)
+    )
+    frames = session.execute(
+        update(SubmissionImageFrame)
+        .where(SubmissionImageFrame.id.in_(expired_frames))
+        .values(data=None)
+        .returning(SubmissionImageFrame.submission_id)
+        .execution_options(synchronize_session=False)
+    )
+    submission_ids.extend(row[0] for row in frames)
+    return _per_submission(session, submission_ids)
+
+
+def _finally_decided_before(moment: datetime) -> list[ColumnElement[bool]]:
+    latest_decision = (
+        select(func.max(Decision.created_at))
+        .where(Decision.submission_id == Submission.id)
+        .scalar_subquery()
+    )
+    return [Submission.status == SubmissionStatus.decided, latest_decision < moment]
+
+
+def _per_submission(session: Session, submission_ids: list[uuid.UUID]) -> list[PurgedMedia]:
+    counts = Counter(submission_ids)
+    if not counts:
+        return []
+    tenants = {
+        submission_id: tenant_id
+        for submission_id, tenant_id in session.execute(
+            select(Submission.id, Submission.tenant_id).where(Submission.id.in_(list(counts)))
+        )
+    }
+    return [
+        PurgedMedia(submission_id, tenants[submission_id], images)
+        for submission_id, images in counts.items()
+    ]
+
+
 def update_image(
     session: Session, submission_id: uuid.UUID, position: int, values: dict[str, Any]
 ) -> None:
@@ -249,13 +458,6 @@ def shadow_outcomes_of(session: Session, submission_id: uuid.UUID) -> list[Shado
 
 
 @dataclass(frozen=True)
-class ClaimedImage:
-    position: int
-    source_url: str | None
-    source_data: bytes | None
-
-
-@dataclass(frozen=True)
 class ClaimedWork:
     """A submission this worker now holds the lease on, with what judging it needs."""
 
@@ -263,16 +465,19 @@ class ClaimedWork:
     tenant_id: uuid.UUID
     lease_token: uuid.UUID
     attempts: int
+    redrives: int
     text: str | None
     policy_version_id: uuid.UUID
     # Another version of the same policy in shadow now, if there is one.
     shadow_version_id: uuid.UUID | None
-    images: list[ClaimedImage]
+    # Where each image comes from; no upload bytes are read here.
+    images: list[StoredSource]
 
 
 # A worker's claim, in one round trip: take the lease if nobody holds a live one, note the
-# start in the audit trail (not when the attempts are used up: that run only records the give-
-# up), and read back the text, the images' sources and the policy's shadow version. The audit
+# start in the audit trail (not when the attempts that died are used up: that run only records
+# the give-up), and read back the text, where the images come from and the policy's shadow
+# version. The audit
 # chain's trigger locks the submission row, which this same statement has just updated, so it
 # adds no wait.
 _CLAIM = text(
@@ -283,18 +488,19 @@ WITH claimed AS (
         attempts = attempts + 1, updated_at = now()
     WHERE id = :submission_id
       AND (status = 'queued' OR (status = 'processing' AND lease_expires_at < now()))
-    RETURNING id, tenant_id, text, policy_version_id, attempts
+    RETURNING id, tenant_id, text, policy_version_id, attempts, redrives
 ), started AS (
     INSERT INTO audit_events (tenant_id, submission_id, event, actor, data)
     SELECT tenant_id, id, 'processing_started', :actor, jsonb_build_object('attempt', attempts)
-    FROM claimed WHERE attempts <= :max_attempts
+    FROM claimed WHERE attempts - redrives <= :max_attempts
 )
 SELECT claimed.id, claimed.tenant_id, claimed.text, claimed.policy_version_id, claimed.attempts,
+       claimed.redrives,
        (SELECT shadow.id FROM policy_versions live
         JOIN policy_versions shadow
           ON shadow.policy_id = live.policy_id AND shadow.status = 'shadow'
         WHERE live.id = claimed.policy_version_id AND shadow.id <> live.id) AS shadow_version_id,
-       image.position, image.source_url, image.source_data
+       image.position, image.source_url, image.source_data IS NOT NULL AS has_data
 FROM claimed LEFT JOIN submission_images image ON image.submission_id = claimed.id
 ORDER BY image.position
 """
@@ -330,11 +536,12 @@ def claim(
         tenant_id=first.tenant_id,
         lease_token=lease_token,
         attempts=first.attempts,
+        redrives=first.redrives,
         text=first.text,
         policy_version_id=first.policy_version_id,
         shadow_version_id=first.shadow_version_id,
         images=[
-            ClaimedImage(row.position, row.source_url, row.source_data)
+            StoredSource(row.position, row.source_url, bool(row.has_data))
             for row in rows
             if row.position is not None
         ],
@@ -358,6 +565,26 @@ def find_reusable_verdict(
         .order_by(Verdict.created_at.desc())
         .limit(1)
     ).one_or_none()
+
+
+def renew_leases(
+    session: Session, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], lease: timedelta
+) -> set[uuid.UUID]:
+    """Extend every lease still held (same token, still processing); returns the renewed ids.
+
+    A lease that ran out but was not taken by anyone yet is renewed too: nobody else owns it.
+    """
+    rows = session.execute(
+        update(Submission)
+        .where(
+            tuple_(Submission.id, Submission.lease_token).in_(list(leases)),
+            Submission.status == SubmissionStatus.processing,
+        )
+        .values(lease_expires_at=func.now() + lease)
+        .returning(Submission.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(rows.scalars())
 
 
 def lock_if_leased(
@@ -394,6 +621,35 @@ def stalled(session: Session, *, grace: timedelta, limit: int) -> list[Submissio
                 )
             )
             .order_by(Submission.queued_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+
+
+def awaiting_redrive() -> ColumnElement[bool]:
+    """True for a submission in a re-drive cycle: sent to review by an outage and due to be
+    judged again by itself (waiting for its turn, or being re-judged right now).
+
+    Review queues leave these out unless asked (`?include_redrive=true`): a reviewer would only
+    duplicate the re-drive. A decision of any kind, or the end of the re-drive window, clears it.
+    """
+    return Submission.redrive_until.is_not(None)
+
+
+def count_awaiting_redrive(session: Session) -> int:
+    return int(session.scalar(select(func.count()).where(awaiting_redrive())) or 0)
+
+
+def due_for_redrive(session: Session, *, limit: int) -> list[Submission]:
+    return list(
+        session.scalars(
+            select(Submission)
+            .where(
+                Submission.redrive_at <= func.now(),
+                Submission.status == SubmissionStatus.in_review,
+            )
+            .order_by(Submission.redrive_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )

@@ -1,26 +1,34 @@
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from moderation.config import Settings
-from moderation.core.errors import UnsupportedMediaType, ValidationFailed
+from moderation.core.errors import (
+    BadRequest,
+    DomainError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from moderation.core.fields import ImagePosition, Text
+from moderation.core.json_limits import load_json
 from moderation.core.openapi import documented_model
-from moderation.core.pagination import Page
-from moderation.core.problems import problem_responses
+from moderation.core.pagination import CursorParam, Page
+from moderation.core.problems import field_errors, problem_responses
 from moderation.database import DbSession
 from moderation.decisions.models import Action
 from moderation.submissions import examples, service
 from moderation.submissions.models import SubmissionStatus
 from moderation.submissions.schemas import (
+    METADATA_MAX_BYTES,
     AuditEventRead,
     SubmissionAccepted,
     SubmissionCreate,
@@ -33,17 +41,36 @@ from moderation.webhooks import service as webhooks
 
 router = APIRouter(prefix="/v1/submissions", tags=["submissions"])
 
+# Image positions and frame numbers are stored as 32-bit integers.
+_MAX_INDEX = 2**31 - 1
+
 
 def _validation_problem(exc: ValidationError, where: str) -> ValidationFailed:
-    errors = [
-        {"loc": [where, *err["loc"]], "msg": err["msg"], "type": err["type"]}
-        for err in exc.errors(include_url=False, include_context=False, include_input=False)
-    ]
+    errors = field_errors(exc.errors(include_url=False, include_input=False), [where])
     return ValidationFailed("the submission is not valid", errors=errors)
 
 
 # About a tenth of a millisecond of parsing: below what a thread hop costs.
 _PARSE_ON_LOOP_MAX_BYTES = 16 * 1024
+
+FORM_FIELD_MAX_BYTES = 1024 * 1024
+
+
+def _form_problem(message: str, settings: Settings) -> DomainError:
+    """The form parser's refusals, told apart: too many images or fields is a validation error,
+    a field too large is a payload too large, and anything else a malformed body."""
+    if message.startswith("Too many files"):
+        return ValidationFailed(
+            f"at most {settings.image_max_count} images per submission",
+            errors=[{"loc": ["body", "images"], "msg": "too many images", "type": "too_long"}],
+        )
+    if message.startswith("Too many fields"):
+        return ValidationFailed(
+            message, errors=[{"loc": ["body"], "msg": message, "type": "too_many_fields"}]
+        )
+    if "exceeded maximum size" in message:
+        return PayloadTooLarge(f"a form field is larger than {FORM_FIELD_MAX_BYTES} bytes")
+    return BadRequest(f"the form body is malformed: {message}")
 
 
 async def _read_json(request: Request, settings: Settings) -> service.NewSubmission:
@@ -67,22 +94,23 @@ async def _read_json(request: Request, settings: Settings) -> service.NewSubmiss
 
 
 async def _read_multipart(request: Request, settings: Settings) -> service.NewSubmission:
-    form = await request.form(
-        max_files=settings.image_max_count, max_fields=16, max_part_size=1024 * 1024
-    )
+    try:
+        form = await request.form(
+            max_files=settings.image_max_count, max_fields=16, max_part_size=FORM_FIELD_MAX_BYTES
+        )
+    except HTTPException as exc:
+        raise _form_problem(str(exc.detail), settings) from exc
     fields: dict[str, Any] = {}
     for name in ("external_id", "text", "policy", "callback_url", "metadata"):
         value = form.get(name)
         if isinstance(value, str):
             fields[name] = value
     if "metadata" in fields:
-        try:
-            fields["metadata"] = json.loads(fields["metadata"])
-        except json.JSONDecodeError as exc:
-            raise ValidationFailed(
-                "metadata must be a JSON object",
-                errors=[{"loc": ["body", "metadata"], "msg": str(exc), "type": "json_invalid"}],
-            ) from exc
+        # Bounded like a JSON body: a form field is no less hostile. Metadata that serializes
+        # to 16 KiB holds fewer values than that many bytes.
+        fields["metadata"] = load_json(
+            fields["metadata"], loc=["body", "metadata"], max_values=METADATA_MAX_BYTES
+        )
     uploads = []
     for position, item in enumerate(form.getlist("images")):
         if not isinstance(item, UploadFile):
@@ -97,11 +125,10 @@ async def _read_multipart(request: Request, settings: Settings) -> service.NewSu
                 ],
             )
         uploads.append(item)
-    images: list[bytes] = []
+    images: list[service.ImageSource] = []
     for position, upload in enumerate(uploads):
-        raw = await upload.read(settings.image_max_bytes + 1)
-        service.check_image_size(raw, position, settings)
-        images.append(raw)
+        digest = await run_in_threadpool(service.check_upload, upload.file, position, settings)
+        images.append(service.ImageSource(upload=upload.file, upload_sha256=digest))
     try:
         # Validate the text fields with the JSON schema; images are already bytes here.
         parsed = SubmissionCreate.model_validate(
@@ -112,7 +139,7 @@ async def _read_multipart(request: Request, settings: Settings) -> service.NewSu
     return service.NewSubmission(
         external_id=parsed.external_id,
         text=parsed.text,
-        images=[service.ImageSource(data=raw) for raw in images],
+        images=images,
         metadata=parsed.metadata,
         policy=parsed.policy,
         callback_url=str(parsed.callback_url) if parsed.callback_url else None,
@@ -145,17 +172,21 @@ async def create_submission(
     """Accept an upload for moderation; the decision follows by callback or polling."""
     settings: Settings = request.app.state.settings
     # A tenant that signs its submissions has the raw bytes verified before anything is parsed.
-    signed = (
-        webhooks.UNSIGNED
-        if tenants.known_not_to_sign(principal.tenant_id)
-        else await run_in_threadpool(
+    # Only then is the whole body read into memory: an unsigned multipart upload stays spooled
+    # on disk, one image read at a time. A tenant known moments ago not to sign costs no query.
+    if tenants.known_not_to_sign(principal.tenant_id):
+        signed = webhooks.UNSIGNED
+    else:
+        signs = await run_in_threadpool(
+            webhooks.inbound_signing_required, session, principal.tenant_id
+        )
+        signed = await run_in_threadpool(
             webhooks.check_signed_submission,
             session,
             principal.tenant_id,
             request.headers,
-            await request.body(),
+            await request.body() if signs else b"",
         )
-    )
     if signed.repeat_of is not None:
         return JSONResponse(
             signed.repeat_of.body,
@@ -198,8 +229,8 @@ def list_submissions(
     session: DbSession,
     principal: IngestOrReviewer,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
-    external_id: str | None = None,
+    cursor: CursorParam = None,
+    external_id: Annotated[Text | None, Query(max_length=256)] = None,
     status: SubmissionStatus | None = None,
     action: Action | None = None,
     since: datetime | None = None,
@@ -234,10 +265,35 @@ def get_submission(
     },
 )
 def get_submission_image(
-    submission_id: uuid.UUID, position: int, session: DbSession, principal: Reviewer
+    submission_id: uuid.UUID, position: ImagePosition, session: DbSession, principal: Reviewer
 ) -> Response:
     """One image of a submission, after decoding, metadata stripping and resizing."""
     data, mime = service.normalized_image(session, principal, submission_id, position)
+    # Uploaded bytes, served from the API's origin: never let a browser guess another type.
+    headers = {"Cache-Control": "private", "X-Content-Type-Options": "nosniff"}
+    return Response(content=data, media_type=mime, headers=headers)
+
+
+@router.get(
+    "/{submission_id}/images/{position}/frames/{frame}",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the frame as the model saw it, normalized like the image",
+            "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+def get_submission_image_frame(
+    submission_id: uuid.UUID,
+    position: Annotated[int, Path(ge=0, le=_MAX_INDEX)],
+    frame: Annotated[int, Path(ge=0, le=_MAX_INDEX)],
+    session: DbSession,
+    principal: Reviewer,
+) -> Response:
+    """One frame of an animated or multi-page image, as the model saw it: the evidence a
+    verdict's `frame` points at."""
+    data, mime = service.frame_image(session, principal, submission_id, position, frame)
     return Response(content=data, media_type=mime, headers={"Cache-Control": "private"})
 
 

@@ -5,13 +5,15 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from moderation.core.fields import StorableJsonObject, Text, WebUrl, WebUrlText
 from moderation.decisions.models import Action, DecisionSource, ReviewReason
 from moderation.submissions import examples
 from moderation.submissions.models import SubmissionStatus, VerdictRole
 
 METADATA_MAX_BYTES = 16 * 1024
+TEXT_MAX_LENGTH = 20_000
 
 
 class ImageInput(BaseModel):
@@ -27,7 +29,7 @@ class ImageInput(BaseModel):
         },
     )
 
-    url: AnyHttpUrl | None = Field(default=None, max_length=4096)
+    url: WebUrl | None = Field(default=None, max_length=4096)
     data: str | None = Field(default=None, description="base64, or a data:image/...;base64, URL")
 
     @model_validator(mode="after")
@@ -42,11 +44,11 @@ class SubmissionCreate(BaseModel):
         extra="forbid", json_schema_extra={"examples": [examples.SUBMISSION_CREATE]}
     )
 
-    external_id: str = Field(min_length=1, max_length=256)
-    text: str | None = Field(default=None, max_length=20_000)
+    external_id: Text = Field(min_length=1, max_length=256)
+    text: Text | None = Field(default=None, max_length=TEXT_MAX_LENGTH)
     images: list[ImageInput] = Field(default_factory=list, max_length=32)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    policy: str | None = Field(
+    metadata: StorableJsonObject = Field(default_factory=dict)
+    policy: Text | None = Field(
         default=None,
         max_length=80,
         description=(
@@ -57,7 +59,7 @@ class SubmissionCreate(BaseModel):
     )
     # Kept as written: URL parsers "repair" forms like `http:///x` into another host, and the
     # checks at ingest must see what the client sent.
-    callback_url: str | None = Field(
+    callback_url: WebUrlText | None = Field(
         default=None,
         max_length=2048,
         description="where to POST the signed decision events; the tenant's URL when absent",
@@ -93,6 +95,14 @@ class CategoryRead(BaseModel):
     category: str
     severity: int
     confidence: float | None = None
+    position: int | None = Field(
+        default=None, description="the uploaded image that shows it, as the model named it"
+    )
+    frame: int | None = Field(
+        default=None,
+        description="the frame of that image (0 for stills): for an animation or a "
+        "multi-page file, the one to look at in /images/{position}/frames/{frame}",
+    )
 
 
 class DecisionRead(BaseModel):
@@ -114,7 +124,11 @@ class ViolationRead(BaseModel):
     severity: int
     confidence: float
     source: Literal["image", "text", "both"]
-    image: int | None = None
+    image: int | None = Field(
+        default=None, description="the index of the image in the prompt, as the model wrote it"
+    )
+    position: int | None = Field(default=None, description="the uploaded image it is one of")
+    frame: int | None = Field(default=None, description="its frame in that image (0 for stills)")
     rationale: str
 
 
@@ -165,6 +179,17 @@ class ShadowOutcomeRead(BaseModel):
     created_at: datetime
 
 
+class FrameRead(BaseModel):
+    """A frame of an animated or multi-page image that the model was shown."""
+
+    frame: int
+    time_ms: int | None = Field(description="when it appears; null for pages")
+    sha256: str
+    width: int
+    height: int
+    tokens: int
+
+
 class ImageRead(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [examples.IMAGE]})
 
@@ -177,6 +202,19 @@ class ImageRead(BaseModel):
     source_mime: str | None
     tokens: int | None
     error: str | None
+    frame_count: int | None = Field(
+        default=None, description="frames or pages in the uploaded file (1 for stills)"
+    )
+    frames: list[FrameRead] = Field(
+        default_factory=list,
+        description="the frames the model was shown, for animations and multi-page files",
+    )
+    original_purged_at: datetime | None = Field(
+        default=None, description="when the uploaded original was deleted (privacy retention)"
+    )
+    normalized_purged_at: datetime | None = Field(
+        default=None, description="when the normalized image was deleted (retention)"
+    )
 
 
 class PolicyRef(BaseModel):
@@ -184,6 +222,17 @@ class PolicyRef(BaseModel):
 
     slug: str
     version: int
+
+
+class RedriveRead(BaseModel):
+    """An outage (model or image host down) sent the submission to review; it will be judged
+    again automatically, and reviewers do not see it meanwhile."""
+
+    next_at: datetime | None = Field(
+        description="when it is judged again; null while that is under way"
+    )
+    until: datetime = Field(description="the end of the re-drive window; then it stays in review")
+    redrives: int = Field(description="automatic re-judgements so far")
 
 
 class SubmissionRead(BaseModel):
@@ -204,6 +253,7 @@ class SubmissionRead(BaseModel):
     )
     images: list[ImageRead]
     attempts: int
+    redrive: RedriveRead | None = None
     created_at: datetime
     updated_at: datetime
 

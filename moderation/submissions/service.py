@@ -9,20 +9,28 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
 from moderation.audit import service as audit
 from moderation.config import Settings
-from moderation.core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from moderation.core.errors import (
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from moderation.core.pagination import Page, decode_cursor, encode_cursor
 from moderation.decisions.models import Action, Decision, ShadowOutcome
+from moderation.media.sniff import ACCEPTED_MIME_TYPES, SNIFF_BYTES, sniff_image_mime
 from moderation.policies import service as policies
 from moderation.queue import MODERATE_SUBMISSION, enqueue_after_commit
 from moderation.submissions import repository
 from moderation.submissions.models import (
     Submission,
+    SubmissionImage,
     SubmissionStatus,
     Verdict,
     VerdictRole,
@@ -30,13 +38,16 @@ from moderation.submissions.models import (
 from moderation.submissions.schemas import (
     AuditEventRead,
     DecisionRead,
+    FrameRead,
     ImageRead,
     PolicyRef,
+    RedriveRead,
     ShadowOutcomeRead,
     SubmissionCreate,
     SubmissionRead,
     SubmissionSummary,
     VerdictRead,
+    ViolationRead,
 )
 from moderation.tenants.service import Principal
 from moderation.webhooks.service import check_callback_url
@@ -46,6 +57,22 @@ from moderation.webhooks.service import check_callback_url
 class ImageSource:
     url: str | None = None
     data: bytes | None = None
+    # An uploaded file the form parser spooled to disk, and its sha256 (taken while checking
+    # it). Read only when its row is written, one image at a time: a request with every image
+    # at the cap never holds them all in memory at once.
+    upload: BinaryIO | None = None
+    upload_sha256: str | None = None
+
+    def content_sha256(self) -> str | None:
+        if self.upload_sha256 is not None:
+            return self.upload_sha256
+        return hashlib.sha256(self.data).hexdigest() if self.data is not None else None
+
+    def read(self) -> bytes | None:
+        if self.upload is None:
+            return self.data
+        self.upload.seek(0)
+        return self.upload.read()
 
 
 @dataclass(frozen=True)
@@ -62,9 +89,7 @@ class NewSubmission:
     def payload_sha256(self) -> str:
         """Identity of the payload, for idempotent redelivery: same hash, same submission."""
         images = [
-            {"url": image.url}
-            if image.url is not None
-            else {"sha256": hashlib.sha256(image.data or b"").hexdigest()}
+            {"url": image.url} if image.url is not None else {"sha256": image.content_sha256()}
             for image in self.images
         ]
         canonical = {
@@ -91,15 +116,41 @@ def decode_inline_image(data: str, position: int, settings: Settings) -> bytes:
         raw = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _image_error(position, "data is not valid base64") from exc
-    check_image_size(raw, position, settings)
+    check_image(raw, position, settings)
     return raw
 
 
-def check_image_size(raw: bytes, position: int, settings: Settings) -> None:
-    if not raw:
+def check_image(raw: bytes, position: int, settings: Settings) -> None:
+    """Refuse at once what the worker would refuse later: empty, too large, or not an image."""
+    check_image_start(raw[:SNIFF_BYTES], len(raw), position, settings)
+
+
+def check_upload(upload: BinaryIO, position: int, settings: Settings) -> str:
+    """check_image for a file on disk, read in chunks; returns its sha256."""
+    upload.seek(0)
+    digest = hashlib.sha256()
+    start = upload.read(SNIFF_BYTES)
+    size = len(start)
+    digest.update(start)
+    while size <= settings.image_max_bytes and (chunk := upload.read(1024 * 1024)):
+        size += len(chunk)
+        digest.update(chunk)
+    check_image_start(start, size, position, settings)
+    return digest.hexdigest()
+
+
+def check_image_start(start: bytes, size: int, position: int, settings: Settings) -> None:
+    if not size:
         raise _image_error(position, "image is empty")
-    if len(raw) > settings.image_max_bytes:
+    if size > settings.image_max_bytes:
         raise PayloadTooLarge(f"image {position} is larger than {settings.image_max_bytes} bytes")
+    if sniff_image_mime(start) is None:
+        accepted = ", ".join(ACCEPTED_MIME_TYPES)
+        message = f"not an image of an accepted type ({accepted})"
+        raise UnsupportedMediaType(
+            f"image {position} is {message}",
+            errors=[{"loc": ["body", "images", position], "msg": message, "type": "image_type"}],
+        )
 
 
 def _image_error(position: int, message: str) -> ValidationFailed:
@@ -152,6 +203,7 @@ def create_submission(
         )
     payload_sha256 = new.payload_sha256()
     slug, pinned = policies.parse_policy_reference(new.policy)
+    by_url_only = all(image.url is not None for image in new.images)
     result = repository.ingest_submission(
         session,
         {
@@ -165,17 +217,19 @@ def create_submission(
         },
         policy_slug=slug,
         pinned_version=pinned,
-        images=[
-            repository.NewImageRow(
-                url=image.url,
-                data=image.data,
-                sha256=hashlib.sha256(image.data).hexdigest() if image.data else None,
-            )
-            for image in new.images
-        ],
+        # URLs travel in the statement; uploaded bytes are written one image at a time after
+        # it, so a request never holds every upload in memory at once.
+        images=(
+            [repository.NewImageRow(url=image.url, data=None, sha256=None) for image in new.images]
+            if by_url_only
+            else []
+        ),
+        image_count=len(new.images),
         actor=principal.actor,
     )
     if result.created_id is not None:
+        if not by_url_only:
+            _store_new_images(session, result.created_id, new.images)
         enqueue_after_commit(session, MODERATE_SUBMISSION, str(result.created_id))
         return StoredSubmission(result.created_id, new.external_id, SubmissionStatus.queued), True
     # Already submitted (a redelivery, or a concurrent twin that committed first).
@@ -190,6 +244,23 @@ def create_submission(
             f"external_id {new.external_id!r} was already submitted with a different payload"
         )
     return StoredSubmission(existing.id, existing.external_id, existing.status), False
+
+
+def _store_new_images(
+    session: Session, submission_id: uuid.UUID, images: list[ImageSource]
+) -> None:
+    # One row at a time, each written and let go before the next image is read.
+    for position, image in enumerate(images):
+        repository.insert_image(
+            session,
+            SubmissionImage(
+                submission_id=submission_id,
+                position=position,
+                source_url=image.url,
+                source_data=image.read(),
+                source_sha256=image.content_sha256(),
+            ),
+        )
 
 
 def get_submission(session: Session, principal: Principal, submission_id: uuid.UUID) -> Submission:
@@ -245,14 +316,46 @@ def present_submission(session: Session, submission: Submission) -> SubmissionRe
             )
             for outcome in outcomes
         ],
-        images=[
-            ImageRead.model_validate(image, from_attributes=True)
-            for image in repository.images_of(session, submission.id)
-        ],
+        images=_present_images(session, submission.id),
         attempts=submission.attempts,
+        redrive=RedriveRead(
+            next_at=submission.redrive_at,
+            until=submission.redrive_until,
+            redrives=submission.redrives,
+        )
+        if submission.redrive_until is not None
+        else None,
         created_at=submission.created_at,
         updated_at=submission.updated_at,
     )
+
+
+def _present_images(session: Session, submission_id: uuid.UUID) -> list[ImageRead]:
+    frames: dict[int, list[FrameRead]] = {}
+    for frame in repository.frames_of(session, submission_id):
+        frames.setdefault(frame.position, []).append(
+            FrameRead.model_validate(frame, from_attributes=True)
+        )
+    return [
+        ImageRead.model_validate(
+            {
+                "position": image.position,
+                "source_url": image.source_url,
+                "sha256": image.sha256,
+                "width": image.width,
+                "height": image.height,
+                "mime": image.mime,
+                "source_mime": image.source_mime,
+                "tokens": image.tokens,
+                "error": image.error,
+                "frame_count": image.frame_count,
+                "frames": frames.get(image.position, []),
+                "original_purged_at": image.source_purged_at,
+                "normalized_purged_at": image.data_purged_at,
+            }
+        )
+        for image in repository.images_of(session, submission_id)
+    ]
 
 
 def _present_shadow_outcome(
@@ -287,13 +390,30 @@ def _present_decision(decision: Decision) -> DecisionRead:
     )
 
 
+def violations_with_evidence(verdict: Verdict) -> list[ViolationRead]:
+    """The verdict's violations, each with the uploaded file and frame its `image` index means."""
+    refs = verdict.image_refs or []
+    violations = []
+    for violation in (verdict.parsed or {}).get("violations", []):
+        index = violation.get("image")
+        # Verdicts stored before frames were tracked have no refs: there, image i was upload i.
+        if isinstance(index, int) and 0 <= index < len(refs):
+            position, frame = refs[index]
+            violation = {**violation, "position": position, "frame": frame}
+        elif isinstance(index, int) and not refs:
+            violation = {**violation, "position": index, "frame": 0}
+        violations.append(ViolationRead.model_validate(violation))
+    return violations
+
+
 def _present_verdict(verdict: Verdict, policy_slug: str, policy_version: int) -> VerdictRead:
     parsed = verdict.parsed or {}
+    violations = violations_with_evidence(verdict)
     return VerdictRead.model_validate(
         {
             "rating": parsed.get("rating"),
             "confidence": parsed.get("confidence"),
-            "violations": parsed.get("violations", []),
+            "violations": violations,
             "rationale": parsed.get("rationale"),
             "rating_probability": verdict.rating_probability,
             "model": verdict.model,
@@ -351,9 +471,26 @@ def normalized_image(
     image = repository.image_at(session, submission_id, position)
     if image is None:
         raise NotFound(f"submission {submission_id} has no image {position}")
+    if image.data_purged_at is not None:
+        raise NotFound(f"image {position} was deleted under the retention rules")
     if image.data is None or image.mime is None:
         raise NotFound(f"image {position} has not been normalized (yet): {image.error or 'queued'}")
     return image.data, image.mime
+
+
+def frame_image(
+    session: Session, principal: Principal, submission_id: uuid.UUID, position: int, frame: int
+) -> tuple[bytes, str]:
+    """A frame the model was shown. Frame 0 of a still is the image itself."""
+    get_submission(session, principal, submission_id)
+    row = repository.frame_at(session, submission_id, position, frame)
+    if row is None:
+        if frame == 0:
+            return normalized_image(session, principal, submission_id, position)
+        raise NotFound(f"image {position} of submission {submission_id} has no frame {frame}")
+    if row.data is None:
+        raise NotFound(f"frame {frame} of image {position} was deleted under the retention rules")
+    return row.data, row.mime
 
 
 def audit_trail(

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import DateTime, Enum, ForeignKey, String
+from sqlalchemy import BigInteger, Date, DateTime, Enum, ForeignKey, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from moderation.core.models import Base, CreatedAt, UUIDKey
@@ -31,6 +31,28 @@ class Tenant(UUIDKey, CreatedAt, Base):
     previous_webhook_secret_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     previous_inbound_secret: Mapped[str | None] = mapped_column(String(200))
     previous_inbound_secret_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Model tokens (prompt + completion) the tenant may spend per UTC day; None is unlimited.
+    # Past it, submissions that would need a model call go to review (`budget_exceeded`).
+    daily_token_budget: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class TenantTokenUsage(Base):
+    """Model tokens a tenant spent on one UTC day: one counter row, added to as verdicts land.
+
+    A counter rather than a sum over verdicts, so checking the budget before every model call
+    reads one row however many calls the tenant made today.
+    """
+
+    __tablename__ = "tenant_token_usage"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
 
 
 class ApiKey(UUIDKey, CreatedAt, Base):

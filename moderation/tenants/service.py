@@ -67,6 +67,7 @@ def create_tenant(
     *,
     callback_url: str | None = None,
     inbound_signing: bool = False,
+    daily_token_budget: int | None = None,
     with_policy_templates: bool = True,
 ) -> Tenant:
     """A new tenant owns a copy of each shipped policy template, active, so it can submit at
@@ -76,11 +77,54 @@ def create_tenant(
         callback_url=callback_url,
         webhook_secret=new_webhook_secret(),
         inbound_secret=new_webhook_secret() if inbound_signing else None,
+        daily_token_budget=_checked_budget(daily_token_budget),
     )
     repository.add_tenant(session, tenant)
     if with_policy_templates:
         install_templates(session, tenant.id)
     return tenant
+
+
+@dataclass(frozen=True)
+class TokenBudget:
+    """A tenant's model-token spending today against its daily budget (None: unlimited)."""
+
+    budget: int | None
+    used_today: int
+
+    @property
+    def exhausted(self) -> bool:
+        return self.budget is not None and self.used_today >= self.budget
+
+    def explain(self) -> str:
+        return (
+            f"the tenant's daily model-token budget of {self.budget} is spent "
+            f"({self.used_today} tokens used today, UTC); it renews at 00:00 UTC"
+        )
+
+
+def token_budget(session: Session, tenant_id: uuid.UUID) -> TokenBudget:
+    budget, used = repository.budget_and_usage_today(session, tenant_id)
+    return TokenBudget(budget=budget, used_today=used)
+
+
+def record_token_usage(session: Session, tenant_id: uuid.UUID, tokens: int) -> None:
+    if tokens > 0:
+        repository.add_token_usage(session, tenant_id, tokens)
+
+
+def set_daily_token_budget(session: Session, tenant_id: uuid.UUID, budget: int | None) -> Tenant:
+    tenant = repository.get_tenant(session, tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id} does not exist")
+    repository.set_daily_token_budget(session, tenant, _checked_budget(budget))
+    return tenant
+
+
+def _checked_budget(budget: int | None) -> int | None:
+    if budget is not None and not 0 <= budget <= 2**62:
+        raise ValidationFailed(f"a daily token budget is a count of tokens, got {budget}")
+    return budget
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessageParam, comple
 
 from moderation.config import Settings
 from moderation.policies.schemas import PolicyDocument
+from moderation.vlm.breaker import CircuitBreaker
 from moderation.vlm.errors import InvalidVerdict, ModelUnavailable, ProviderRefused
 from moderation.vlm.prompt import ModelImage, build_messages, prompt_sha256, render_policy_prompt
 from moderation.vlm.verdict import (
@@ -71,6 +72,8 @@ class Judgement:
     verdict: ModelVerdict | None
     calls: list[ModelCall]
     failure_reason: FailureReason | None
+    # Why there is no verdict, when no call recorded it (the circuit breaker refused the call).
+    failure_detail: str | None = None
 
 
 class VLMClient:
@@ -87,6 +90,11 @@ class VLMClient:
         # Calls in flight from this process, at most the model server's share for it. Threads
         # beyond it wait here with their item ready, so a freed slot is used at once.
         self._slots = threading.BoundedSemaphore(settings.vlm_max_concurrency)
+        self.circuit = CircuitBreaker(
+            settings.vlm_breaker_failures,
+            settings.vlm_breaker_cooldown_s,
+            probe_timeout_s=settings.vlm_timeout_s + 1.0,
+        )
 
     def judge(
         self,
@@ -112,8 +120,13 @@ class VLMClient:
         try:
             with self._model_slot(deadline):
                 verdict = self._ask_with_one_correction(request, calls)
-        except ModelUnavailable:
-            return Judgement(verdict=None, calls=calls, failure_reason="model_unavailable")
+        except ModelUnavailable as exc:
+            return Judgement(
+                verdict=None,
+                calls=calls,
+                failure_reason="model_unavailable",
+                failure_detail=str(exc),
+            )
         except ProviderRefused:
             return Judgement(verdict=None, calls=calls, failure_reason="provider_refused")
         except InvalidVerdict:
@@ -172,6 +185,8 @@ class VLMClient:
         last_failure = "no attempt was made"
         for attempt in range(attempts):
             timeout = self._time_for_call(request.deadline)
+            # An open breaker ends the exchange here, without a call: the outage is known.
+            self.circuit.before_call()
             started = time.monotonic()
             retry_after: float | None = None
             try:
@@ -179,6 +194,11 @@ class VLMClient:
             except openai.APIStatusError as exc:
                 last_failure = _describe_error(exc)
                 calls.append(self._failed_call(digest, last_failure, started))
+                if exc.status_code >= 500:
+                    self.circuit.record_failure(last_failure)
+                else:
+                    # A 4xx is an answer about this request: the server itself is up.
+                    self.circuit.record_success()
                 if _is_provider_refusal(exc):
                     raise ProviderRefused(last_failure) from exc
                 if exc.status_code < 500 and exc.status_code not in _TRANSIENT_4XX:
@@ -187,11 +207,14 @@ class VLMClient:
             except openai.APIConnectionError as exc:  # timeouts included
                 last_failure = _describe_error(exc)
                 calls.append(self._failed_call(digest, last_failure, started))
+                self.circuit.record_failure(last_failure)
             except openai.OpenAIError as exc:
                 last_failure = _describe_error(exc)
                 calls.append(self._failed_call(digest, last_failure, started))
+                self.circuit.record_failure(last_failure)
                 raise ModelUnavailable(last_failure) from exc
             else:
+                self.circuit.record_success()
                 return self._read_completion(request, completion, digest, started, calls)
             if attempt + 1 < attempts:
                 self._wait_before_retry(

@@ -33,7 +33,14 @@ from moderation.audit.service import record_event
 from moderation.config import Settings
 from moderation.core.time import utcnow
 from moderation.database import session_scope
-from moderation.jobs.service import DONE, JobContext, JobKind, JobOutcome, RetryAt
+from moderation.jobs.service import (
+    DONE,
+    JobContext,
+    JobKind,
+    JobOutcome,
+    RetryAt,
+    through_database_outage,
+)
 from moderation.outbound.http import OutboundError, OutboundLimits, send_guarded
 from moderation.tenants import service as tenants
 from moderation.webhooks import repository, signing
@@ -45,8 +52,8 @@ logger = logging.getLogger(__name__)
 USER_AGENT = "moderation-webhooks/0.1"
 AUDIT_ACTOR = "webhooks"
 _SNIPPET_BYTES = 1024
-# Time allowed beyond the request's own timeout before a silent attempt counts as dead.
-_IN_FLIGHT_MARGIN_S = 30.0
+# The job's claim outlasts the attempt's in-flight mark by this much, for the bookkeeping.
+_LEASE_MARGIN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -73,17 +80,33 @@ def deliver_from_job(payload: Mapping[str, Any], context: JobContext) -> JobOutc
         plan = start_attempt(session, delivery_id, context.settings)
     if not isinstance(plan, AttemptPlan):
         return plan
+    in_flight_ends = time.monotonic() + _in_flight_s(context.settings)
     result = send_attempt(plan, context.settings)
-    with session_scope(context.sessions) as session:
-        return finish_attempt(session, plan, result, context.settings)
+
+    def record() -> JobOutcome:
+        with session_scope(context.sessions) as session:
+            return finish_attempt(session, plan, result, context.settings)
+
+    # The receiver has answered; if the database is away for a moment, waiting to record the
+    # answer beats sending the same event again once the attempt's in-flight mark runs out.
+    return through_database_outage(
+        record, until=in_flight_ends, what=f"recording callback {plan.webhook_id}"
+    )
+
+
+def _in_flight_s(settings: Settings) -> float:
+    """How long an attempt counts as on the wire: its timeout, then a grace for the record."""
+    return settings.webhook_timeout_s + settings.webhook_attempt_grace_s
 
 
 DELIVER_EVENT = JobKind(
     DELIVER_JOB,
     deliver_from_job,
     max_attempts=10,
-    # Longer than one attempt (at most 60 s) plus its bookkeeping.
+    # Without settings at hand: longer than any attempt (at most 60 s) plus the default grace.
     lease_s=120.0,
+    # A worker killed mid-attempt holds its delivery only as long as an attempt may take.
+    lease_from_settings=lambda settings: _in_flight_s(settings) + _LEASE_MARGIN_S,
 )
 
 
@@ -107,9 +130,7 @@ def start_attempt(
         delivery.last_error = f"endpoint disabled: {endpoint.disabled_reason}"
         return DONE
     tenant = tenants.get_tenant(session, delivery.tenant_id)
-    delivery.in_flight_until = now + timedelta(
-        seconds=settings.webhook_timeout_s + _IN_FLIGHT_MARGIN_S
-    )
+    delivery.in_flight_until = now + timedelta(seconds=_in_flight_s(settings))
     return AttemptPlan(
         delivery_id=delivery.id,
         webhook_id=delivery.webhook_id,
@@ -170,6 +191,11 @@ def finish_attempt(
     """Record the attempt and decide what comes next: done, disabled, or the next retry."""
     delivery = repository.get_delivery(session, plan.delivery_id, for_update=True)
     if delivery is None:
+        return DONE
+    if delivery.in_flight_until is None:
+        # Recorded already: a commit whose answer was lost with the connection, run again.
+        if delivery.status is DeliveryStatus.pending and delivery.next_attempt_at is not None:
+            return RetryAt(delivery.next_attempt_at)
         return DONE
     delivery.in_flight_until = None
     delivery.attempts += 1

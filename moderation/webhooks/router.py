@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from moderation.config import Settings
-from moderation.core.pagination import Page
+from moderation.core.pagination import CursorParam, Page
 from moderation.core.problems import problem_responses
 from moderation.database import DbSession
 from moderation.tenants.dependencies import Admin
@@ -32,7 +32,7 @@ def list_deliveries(
     ] = None,
     status: DeliveryStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: CursorParam = None,
 ) -> Page[DeliveryRead]:
     """Every callback, newest first, with each attempt's status, latency and error."""
     return service.list_deliveries(

@@ -262,6 +262,14 @@ class InboundCheck:
 UNSIGNED = InboundCheck(webhook_id=None)
 
 
+def inbound_signing_required(session: Session, tenant_id: uuid.UUID) -> bool:
+    """Whether this tenant signs its submissions, so their raw bytes must be read to verify."""
+    if not tenants.signs_submissions(session, tenant_id):
+        return False
+    tenant = tenants.get_tenant(session, tenant_id)
+    return bool(tenants.inbound_signing_secrets(tenant, utcnow()))
+
+
 def check_signed_submission(
     session: Session, tenant_id: uuid.UUID, headers: Mapping[str, str], body: bytes
 ) -> InboundCheck:

@@ -10,11 +10,15 @@ caption); load tests run it standalone, answering from a fixed mix of verdicts:
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import hashlib
+import io
 import itertools
 import json
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -121,7 +125,36 @@ class DelayedReply:
     then: Reply
 
 
-Reply = VerdictReply | RawReply | ErrorReply | DelayedReply
+@dataclass(frozen=True)
+class SeesColour:
+    """Answers like a model that recognises one kind of violation by its colour.
+
+    Every image of the request is decoded; the first whose average colour is within `tolerance`
+    of `colour` is named as the evidence of an unsafe verdict. Without one, `otherwise` answers.
+    Tests paint a violent frame in that colour to check which frames the model was shown.
+    """
+
+    colour: tuple[int, int, int]
+    category: str = "violence"
+    severity: int = 3
+    confidence: float = 0.95
+    tolerance: int = 40
+    otherwise: VerdictReply = field(
+        default_factory=lambda: VerdictReply(verdict=safe_verdict(0.97))
+    )
+
+    def reply_to(self, body: dict[str, Any]) -> VerdictReply:
+        for index, colour in enumerate(_image_colours(body)):
+            if all(abs(a - b) <= self.tolerance for a, b in zip(colour, self.colour, strict=True)):
+                return VerdictReply(
+                    verdict=unsafe_verdict(
+                        self.category, self.severity, self.confidence, image=index
+                    )
+                )
+        return self.otherwise
+
+
+Reply = VerdictReply | RawReply | ErrorReply | DelayedReply | SeesColour
 
 
 def safe_verdict(confidence: float = 0.97) -> dict[str, Any]:
@@ -262,6 +295,8 @@ class FakeVLMServer:
         httpd = _FakeHTTPServer((self._host, self._port), _Handler)
         httpd.fake = self
         self._httpd = httpd
+        # A restart listens on the same port, so clients configured with it find it again.
+        self._port = int(httpd.server_address[1])
         self._thread = threading.Thread(
             target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -269,9 +304,12 @@ class FakeVLMServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening and cut open connections: afterwards the port refuses connections
+        until `start()` listens on it again (outage tests stop and start one server)."""
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+            self._httpd.drop_connections()
             self._httpd = None
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -341,6 +379,8 @@ class FakeVLMServer:
         while isinstance(reply, DelayedReply):
             time.sleep(reply.seconds)
             reply = reply.then
+        if isinstance(reply, SeesColour):
+            reply = reply.reply_to(body)
         match reply:
             case ErrorReply(status=status, body=error_body, headers=headers):
                 return status, error_body, headers
@@ -407,9 +447,32 @@ class _FakeHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # load tests open many connections at once
 
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """Cut every open connection, keep-alive ones included, as a server that dies would."""
+        with self._open_lock:
+            open_sockets = list(self._open)
+        for sock in open_sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that timed out has hung up before a delayed reply: expected, not news.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        if not isinstance(sys.exc_info()[1], ConnectionError | OSError):
             super().handle_error(request, client_address)
 
 
@@ -557,6 +620,25 @@ def _user_text(body: dict[str, Any]) -> str:
         else:
             texts.extend(part["text"] for part in content if part.get("type") == "text")
     return "\n".join(texts)
+
+
+def _image_colours(body: dict[str, Any]) -> list[tuple[int, int, int]]:
+    """The average colour of each image of the request, in the order the model sees them."""
+    from PIL import Image, ImageStat
+
+    colours = []
+    for message in body["messages"]:
+        content = message.get("content")
+        if isinstance(content, str):
+            continue
+        for part in content:
+            if part.get("type") != "image_url":
+                continue
+            _, _, encoded = part["image_url"]["url"].partition(";base64,")
+            with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
+                mean = ImageStat.Stat(image.convert("RGB")).mean
+            colours.append((round(mean[0]), round(mean[1]), round(mean[2])))
+    return colours
 
 
 def _estimate_prompt_tokens(body: dict[str, Any]) -> int:

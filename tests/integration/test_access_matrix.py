@@ -97,6 +97,8 @@ ROUTES = [
     Route("GET", "/v1/submissions", INGEST | REVIEWER, lists="submission_id"),
     Route("GET", "/v1/submissions/{submission_id}", INGEST | REVIEWER),
     Route("GET", "/v1/submissions/{submission_id}/images/{position}", REVIEWER),
+    # Frame 0 of a still is the image itself.
+    Route("GET", "/v1/submissions/{submission_id}/images/{position}/frames/{frame}", REVIEWER),
     Route("GET", "/v1/submissions/{submission_id}/audit", REVIEWER),
     Route("GET", "/v1/policies", ANY_ROLE, lists="slug"),
     Route("GET", "/v1/policies/{slug}", ANY_ROLE),
@@ -233,6 +235,7 @@ OBJECT_MAKERS: dict[str, Callable[[World, TenantKeys], str]] = {
     "submission_id": make_submission,
     "task_id": make_review_task,
     "position": lambda world, tenant: "0",
+    "frame": lambda world, tenant: "0",
     "slug": make_policy,
     # The first version of the tenant's policy `slug`.
     "version": lambda world, tenant: "1",

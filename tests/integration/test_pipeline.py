@@ -173,8 +173,9 @@ def test_provider_refusal_goes_to_review_without_retry(client, tenant, fake_vlm)
 
 def test_undecodable_image_goes_to_review_without_a_model_call(client, tenant, fake_vlm):
     case = marker()
-    html = base64.b64encode(b"<html><body>not an image</body></html>").decode()
-    accepted = submit(client, tenant, text=case, images=[{"data": html}])
+    # It starts like a PNG, so ingest takes it; only decoding finds out it is not one.
+    broken = base64.b64encode(b"\x89PNG\r\n\x1a\n<html>not an image</html>").decode()
+    accepted = submit(client, tenant, text=case, images=[{"data": broken}])
     result = wait_for_outcome(client, str(accepted["id"]), tenant.headers())
     assert result["decision"]["reason"] == "decode_failed"
     assert result["decision"]["source"] == "system"
@@ -266,7 +267,14 @@ def test_audit_trail_tells_the_story(client, tenant, fake_vlm):
     )
     assert response.status_code == 200
     events = [event["event"] for event in response.json()]
-    assert events == ["received", "queued", "processing_started", "model_verdict", "decided"]
+    assert events == [
+        "received",
+        "queued",
+        "processing_started",
+        "model_verdict",
+        "decided",
+        "media_purged",  # the inline original, once the decision is final
+    ]
     assert (
         client.get(
             f"/v1/submissions/{result['id']}/audit", headers=tenant.headers("ingest")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import timedelta
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import delete
+from sqlalchemy.exc import OperationalError
 
 from moderation.config import Settings
 from moderation.core.time import utcnow
@@ -25,6 +27,7 @@ from moderation.jobs.service import (
     claim_due_jobs,
     enqueue_job,
     run_claimed_job,
+    through_database_outage,
 )
 from moderation.jobs.sweeper import PeriodicSweep, Sweeper
 
@@ -127,6 +130,39 @@ def test_a_failing_handler_backs_off_then_gives_up(context, kind_name):
     assert claim_due_jobs(context.sessions, kind, 1) == []
 
 
+def test_a_job_that_met_a_database_outage_runs_again_at_once_without_spending_an_attempt(
+    context, kind_name
+):
+    def database_away(payload: Mapping[str, Any], ctx: JobContext) -> JobOutcome:
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    kind = JobKind(kind_name, database_away, max_attempts=1)
+    [job_id] = enqueue(context, kind_name)
+    [claimed] = claim_due_jobs(context.sessions, kind, 1)
+    assert run_claimed_job(claimed, kind, context) is None
+    row = job(context, job_id)
+    assert row is not None and row.status is JobStatus.pending and row.attempts == 0
+    assert row.run_at <= utcnow() and row.lock_token is None
+
+
+def test_recording_waits_out_a_short_database_outage_within_the_lease():
+    calls: list[float] = []
+
+    def flaky() -> str:
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
+        return "recorded"
+
+    assert through_database_outage(flaky, until=time.monotonic() + 10, what="test") == "recorded"
+    assert len(calls) == 3
+
+    calls.clear()
+    with pytest.raises(OperationalError):
+        through_database_outage(flaky, until=time.monotonic() + 0.1, what="test")
+    assert len(calls) == 1  # no time left in the lease for a second try
+
+
 def test_a_lease_that_runs_out_lets_another_worker_take_the_job(context, kind_name):
     kind = JobKind(kind_name, noop, lease_s=0.2)
     [job_id] = enqueue(context, kind_name)
@@ -140,6 +176,15 @@ def test_a_lease_that_runs_out_lets_another_worker_take_the_job(context, kind_na
     assert job(context, job_id) is not None
     run_claimed_job(second, kind, context)
     assert job(context, job_id) is None
+
+
+def test_a_lease_can_follow_the_settings_that_bound_a_run(context, kind_name):
+    kind = JobKind(kind_name, noop, lease_s=300, lease_from_settings=lambda s: 0.2)
+    [job_id] = enqueue(context, kind_name)
+    [first] = claim_due_jobs(context.sessions, kind, 1, context.settings)
+    threading.Event().wait(0.4)
+    [second] = claim_due_jobs(context.sessions, kind, 1, context.settings)
+    assert second.id == first.id == job_id
 
 
 def test_a_key_keeps_one_live_job_and_brings_it_forward(context, kind_name):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import threading
 import uuid
+from typing import Any
 
+from celery.signals import worker_init
+
+from moderation.media.allocator import return_large_allocations
 from moderation.pipeline.moderate import moderate_submission
 from moderation.pipeline.runtime import PipelineRuntime
 from moderation.queue import MODERATE_SUBMISSION, celery_app
@@ -20,6 +24,12 @@ def runtime() -> PipelineRuntime:
         if _runtime is None:
             _runtime = PipelineRuntime.from_settings()
         return _runtime
+
+
+@worker_init.connect
+def tune_allocator(**_: Any) -> None:
+    """Before any image is decoded: see moderation.media.allocator."""
+    return_large_allocations()
 
 
 @celery_app.task(name=MODERATE_SUBMISSION, ignore_result=True)
