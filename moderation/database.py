@@ -165,3 +165,17 @@ def _close_quietly(session: Session) -> None:
 
 
 DbSession = Annotated[Session, Depends(request_session, scope="function")]
+
+
+@contextmanager
+def statement_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session on a connection in autocommit, for work that is one statement: a single
+    statement is atomic by itself, so the BEGIN and COMMIT round trips around it buy nothing.
+    Each statement sent through it commits on its own; write several only through
+    `session_scope`."""
+    session = factory()
+    try:
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
+    finally:
+        session.close()

@@ -22,10 +22,11 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from moderation.audit.service import record_event
-from moderation.database import session_scope
+from moderation.database import session_scope, statement_scope
 from moderation.decisions.models import DecisionSource, ReviewReason
 from moderation.decisions.rules import failure
 from moderation.decisions.service import finish_without_judging, record_decision
+from moderation.pipeline import store
 from moderation.pipeline.judge import ImageResult, JudgedWork, SourceImage, judge_content
 from moderation.pipeline.redrive import schedule_redrive
 from moderation.pipeline.runtime import WORKER_ACTOR, PipelineRuntime
@@ -35,7 +36,8 @@ from moderation.policies.schemas import PolicyDocument
 from moderation.policies.service import document_for_version
 from moderation.submissions import repository
 from moderation.submissions.models import SubmissionImageFrame, VerdictRole
-from moderation.tenants.service import record_token_usage, token_budget
+from moderation.tenants.service import TokenBudget, record_token_usage
+from moderation.webhooks.service import DecisionNotice, notify_decision
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,10 @@ class WorkItem:
     shadow: ShadowVersion | None = None
     # Why the tenant may spend no more model tokens today, if it may not.
     budget_exhausted: str | None = None
+    # An earlier decision exists: storing goes through `record_decision`, which settles it.
+    decided_before: bool = False
+    # A decision is announced to a callback URL: stored in one transaction with its event.
+    announces: bool = False
 
 
 def moderate_submission(submission_id: uuid.UUID, runtime: PipelineRuntime) -> None:
@@ -154,7 +160,8 @@ def _database_unreachable(exc: DBAPIError) -> bool:
 
 def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | None:
     settings = runtime.settings
-    with session_scope(runtime.sessions) as session:
+    # The claim is one statement, atomic by itself: no transaction around it.
+    with statement_scope(runtime.sessions) as session:
         claimed = repository.claim(
             session,
             submission_id,
@@ -167,16 +174,9 @@ def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | Non
             return None
         # Attempts that ended in a decision before a re-drive do not count: only runs that died.
         if claimed.attempts - claimed.redrives > settings.max_attempts:
-            submission = repository.get(session, claimed.id)
-            assert submission is not None
-            finish_without_judging(
-                session,
-                submission,
-                ReviewReason.processing_failed,
-                f"gave up after {settings.max_attempts} attempts that did not finish",
-            )
+            _give_up(claimed.id, claimed.lease_token, runtime)
             return None
-        budget = token_budget(session, claimed.tenant_id)
+        budget = TokenBudget(budget=claimed.token_budget, used_today=claimed.tokens_today)
         shadow = claimed.shadow_version_id
         return WorkItem(
             submission_id=claimed.id,
@@ -202,6 +202,23 @@ def _claim(submission_id: uuid.UUID, runtime: PipelineRuntime) -> WorkItem | Non
                 else None
             ),
             budget_exhausted=budget.explain() if budget.exhausted else None,
+            decided_before=claimed.decided_before,
+            announces=claimed.announces,
+        )
+
+
+def _give_up(submission_id: uuid.UUID, lease_token: uuid.UUID, runtime: PipelineRuntime) -> None:
+    """Every attempt so far died mid-run: the submission goes to a person."""
+    max_attempts = runtime.settings.max_attempts
+    with session_scope(runtime.sessions) as session:
+        submission = repository.lock_if_leased(session, submission_id, lease_token)
+        if submission is None:
+            return
+        finish_without_judging(
+            session,
+            submission,
+            ReviewReason.processing_failed,
+            f"gave up after {max_attempts} attempts that did not finish",
         )
 
 
@@ -212,6 +229,8 @@ def _load_source(runtime: PipelineRuntime, submission_id: uuid.UUID, position: i
 
 def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> bool:
     """False when the lease was lost and nothing was stored."""
+    if store.covers(judged, work.decided_before):
+        return _store_first(work, judged, runtime)
     with session_scope(runtime.sessions) as session:
         submission = repository.lock_if_leased(session, work.submission_id, work.lease_token)
         if submission is None:
@@ -229,25 +248,10 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> bool
                 role=VerdictRole.live,
             )
         )
-        for sequence, call in enumerate(judged.calls):
-            record_event(
-                session,
-                work.tenant_id,
-                work.submission_id,
-                "model_verdict",
-                f"model:{call.model}",
-                {
-                    "sequence": sequence,
-                    "rating": (call.parsed or {}).get("rating"),
-                    "error": call.error,
-                    "latency_ms": call.latency_ms,
-                },
-            )
+        for actor, data in _model_events(judged):
+            record_event(session, work.tenant_id, work.submission_id, "model_verdict", actor, data)
         record_token_usage(session, work.tenant_id, judged.tokens)
-        if judged.reused is not None:
-            source = DecisionSource.cache
-        else:
-            source = DecisionSource.model if judged.calls else DecisionSource.system
+        source = _decision_source(judged)
         # The window of an outage that already sent this submission to review, if one did.
         window_until: datetime | None = submission.redrive_until
         record_decision(
@@ -267,6 +271,86 @@ def _store(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> bool
                 window_until=window_until,
             )
     return True
+
+
+def _decision_source(judged: JudgedWork) -> DecisionSource:
+    if judged.reused is not None:
+        return DecisionSource.cache
+    return DecisionSource.model if judged.calls else DecisionSource.system
+
+
+def _model_events(judged: JudgedWork) -> list[tuple[str, dict[str, Any]]]:
+    """The audit trail's note of each model call: (actor, data)."""
+    return [
+        (
+            f"model:{call.model}",
+            {
+                "sequence": sequence,
+                "rating": (call.parsed or {}).get("rating"),
+                "error": call.error,
+                "latency_ms": call.latency_ms,
+            },
+        )
+        for sequence, call in enumerate(judged.calls)
+    ]
+
+
+def _store_first(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -> bool:
+    """A first decision in one statement; with a receiver to tell, in one transaction with the
+    callback event, so a decision is never stored without its announcement."""
+    settings = runtime.settings
+    uploads = sum(source.load is not None for source in work.images)
+    source = _decision_source(judged)
+    scope = session_scope if work.announces else statement_scope
+    with scope(runtime.sessions) as session:
+        stored = store.store_first_judgement(
+            session,
+            submission_id=work.submission_id,
+            lease_token=work.lease_token,
+            attempt=work.attempt,
+            judged=judged,
+            source=source,
+            purge_originals=uploads if settings.retain_originals_days <= 0 else 0,
+            review_sla_minutes=work.policy.review_sla_minutes,
+            model_events=_model_events(judged),
+        )
+        if stored is None:
+            logger.warning("lease on %s lost before storing; discarding", work.submission_id)
+            return False
+        if stored.callback_url is not None and work.announces:
+            _announce(session, work, judged, source, stored)
+    if stored.callback_url is not None and not work.announces:
+        # A callback URL set between the claim and now: announced in a transaction of its own.
+        with session_scope(runtime.sessions) as session:
+            _announce(session, work, judged, source, stored)
+    return True
+
+
+def _announce(
+    session: Session,
+    work: WorkItem,
+    judged: JudgedWork,
+    source: DecisionSource,
+    stored: store.StoredDecision,
+) -> None:
+    outcome = judged.outcome
+    notify_decision(
+        session,
+        DecisionNotice(
+            tenant_id=stored.tenant_id,
+            submission_id=work.submission_id,
+            external_id=stored.external_id,
+            callback_url=stored.callback_url,
+            action=outcome.action.value,
+            source=source.value,
+            reason=outcome.reason.value if outcome.reason else None,
+            categories=list(outcome.categories),
+            decided_at=stored.decided_at,
+            actor=None,
+            policy_slug=work.policy.slug,
+            policy_version=work.policy.version,
+        ),
+    )
 
 
 def _store_image(session: Session, submission_id: uuid.UUID, result: ImageResult) -> None:

@@ -472,12 +472,20 @@ class ClaimedWork:
     shadow_version_id: uuid.UUID | None
     # Where each image comes from; no upload bytes are read here.
     images: list[StoredSource]
+    # An earlier decision exists (a re-drive, say): a review task may be waiting on it.
+    decided_before: bool = False
+    # The tenant's daily model-token budget (None: unlimited) and the tokens it spent today.
+    token_budget: int | None = None
+    tokens_today: int = 0
+    # The submission or its tenant has a callback URL: a decision is announced to it.
+    announces: bool = False
 
 
 # A worker's claim, in one round trip: take the lease if nobody holds a live one, note the
 # start in the audit trail (not when the attempts that died are used up: that run only records
-# the give-up), and read back the text, where the images come from and the policy's shadow
-# version. The audit
+# the give-up), and read back the text, where the images come from, the policy's shadow
+# version, whether the submission was decided before, the tenant's token budget and spending
+# today, and whether a decision will be announced to a receiver. The audit
 # chain's trigger locks the submission row, which this same statement has just updated, so it
 # adds no wait.
 _CLAIM = text(
@@ -488,7 +496,7 @@ WITH claimed AS (
         attempts = attempts + 1, updated_at = now()
     WHERE id = :submission_id
       AND (status = 'queued' OR (status = 'processing' AND lease_expires_at < now()))
-    RETURNING id, tenant_id, text, policy_version_id, attempts, redrives
+    RETURNING id, tenant_id, text, policy_version_id, attempts, redrives, callback_url
 ), started AS (
     INSERT INTO audit_events (tenant_id, submission_id, event, actor, data)
     SELECT tenant_id, id, 'processing_started', :actor, jsonb_build_object('attempt', attempts)
@@ -500,8 +508,16 @@ SELECT claimed.id, claimed.tenant_id, claimed.text, claimed.policy_version_id, c
         JOIN policy_versions shadow
           ON shadow.policy_id = live.policy_id AND shadow.status = 'shadow'
         WHERE live.id = claimed.policy_version_id AND shadow.id <> live.id) AS shadow_version_id,
+       EXISTS (SELECT 1 FROM decisions WHERE decisions.submission_id = claimed.id)
+           AS decided_before,
+       tenant.daily_token_budget,
+       coalesce((SELECT usage.tokens FROM tenant_token_usage usage
+                 WHERE usage.tenant_id = claimed.tenant_id
+                   AND usage.day = CAST(timezone('UTC', now()) AS DATE)), 0) AS tokens_today,
+       coalesce(claimed.callback_url, tenant.callback_url) IS NOT NULL AS announces,
        image.position, image.source_url, image.source_data IS NOT NULL AS has_data
-FROM claimed LEFT JOIN submission_images image ON image.submission_id = claimed.id
+FROM claimed JOIN tenants tenant ON tenant.id = claimed.tenant_id
+LEFT JOIN submission_images image ON image.submission_id = claimed.id
 ORDER BY image.position
 """
 ).bindparams(
@@ -545,6 +561,10 @@ def claim(
             for row in rows
             if row.position is not None
         ],
+        decided_before=bool(first.decided_before),
+        token_budget=first.daily_token_budget,
+        tokens_today=int(first.tokens_today),
+        announces=bool(first.announces),
     )
 
 
