@@ -568,22 +568,29 @@ def claim(
     )
 
 
+# Built once: every judgement asks it, and building the expression costs more than running it.
+_REUSABLE_VERDICT = (
+    select(Verdict)
+    .join(Submission, Submission.id == Verdict.submission_id)
+    .where(
+        Submission.tenant_id == bindparam("tenant_id"),
+        Verdict.prompt_sha256 == bindparam("prompt_sha256"),
+        Verdict.model == bindparam("model"),
+        Verdict.parsed.is_not(None),
+        Verdict.error.is_(None),
+    )
+    .order_by(Verdict.created_at.desc())
+    .limit(1)
+)
+
+
 def find_reusable_verdict(
     session: Session, tenant_id: uuid.UUID, prompt_sha256: str, model: str
 ) -> Verdict | None:
     """The newest valid verdict this tenant got for exactly this prompt from this model."""
     return session.scalars(
-        select(Verdict)
-        .join(Submission, Submission.id == Verdict.submission_id)
-        .where(
-            Submission.tenant_id == tenant_id,
-            Verdict.prompt_sha256 == prompt_sha256,
-            Verdict.model == model,
-            Verdict.parsed.is_not(None),
-            Verdict.error.is_(None),
-        )
-        .order_by(Verdict.created_at.desc())
-        .limit(1)
+        _REUSABLE_VERDICT,
+        {"tenant_id": tenant_id, "prompt_sha256": prompt_sha256, "model": model},
     ).one_or_none()
 
 

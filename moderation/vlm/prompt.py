@@ -10,6 +10,7 @@ never obey it.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -50,8 +51,9 @@ class ModelImage:
     def from_bytes(cls, data: bytes, mime: str) -> ModelImage:
         return cls(data=data, mime=mime, sha256=hashlib.sha256(data).hexdigest())
 
-    @property
+    @functools.cached_property
     def data_url(self) -> str:
+        """Encoded once: the verdict cache's fingerprint and the call itself both need it."""
         return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
 
 
