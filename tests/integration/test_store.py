@@ -117,7 +117,7 @@ def _snapshot(database_url: str, submission_id: uuid.UUID) -> dict[str, Any]:
                 )
                 for task in tasks
             ],
-            "deliveries": [(d.event_type, d.sequence, d.status) for d in deliveries],
+            "deliveries": [(d.event_type, d.sequence) for d in deliveries],
             "events": [
                 (
                     e.event,
@@ -125,6 +125,8 @@ def _snapshot(database_url: str, submission_id: uuid.UUID) -> dict[str, Any]:
                     {k: v for k, v in e.data.items() if k != "latency_ms"},
                 )
                 for e in events
+                # Delivery attempts are recorded by whichever worker sends the callback, later.
+                if not e.event.startswith("callback_")
             ],
         }
 
