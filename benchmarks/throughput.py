@@ -153,6 +153,63 @@ def peak_rss_mb(pid: int) -> float:
     return round(peak / 1024, 1)
 
 
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / ticks, sum(fields) / ticks
+
+
+def redis_pid(broker_url: str) -> int | None:
+    """The Redis server's pid, when it runs on this machine."""
+    import redis
+
+    if "127.0.0.1" not in broker_url and "localhost" not in broker_url:
+        return None
+    client = redis.Redis.from_url(broker_url)
+    try:
+        return int(client.info("server")["process_id"])
+    except Exception:
+        return None
+    finally:
+        client.close()
+
+
+class CpuMeter:
+    """CPU seconds spent by each named process tree, and by the machine, between two reads.
+
+    Says where a pipeline's cores went: the service's own processes, the database and broker
+    it needs, and the benchmark's doubles (model, images) and load generator, which a real
+    deployment would not run on the same machine.
+    """
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self.started = {name: self._read(pids) for name, pids in groups.items()}
+        self.machine_started = machine_busy_s()
+        self.own_started = time.process_time()
+
+    @staticmethod
+    def _read(pids: list[int]) -> float:
+        return sum(cpu_seconds(pid) for pid in pids)
+
+    def per_item_ms(self, items: int) -> dict[str, Any]:
+        spent = {
+            name: (self._read(pids) - self.started[name]) * 1000 / items
+            for name, pids in self.groups.items()
+        }
+        spent["load generator"] = (time.process_time() - self.own_started) * 1000 / items
+        busy, total = machine_busy_s()
+        busy -= self.machine_started[0]
+        total -= self.machine_started[1]
+        return {
+            "cpu_ms_per_item": {name: round(ms, 2) for name, ms in spent.items()},
+            "machine_cpu_ms_per_item": round(busy * 1000 / items, 2),
+            "machine_busy_share": round(busy / total, 3) if total else None,
+        }
+
+
 # --- profiles --------------------------------------------------------------------------------
 
 
@@ -222,6 +279,11 @@ class PrivatePostgres:
                           "-l", str(self.dir / "server.log"), "start")  # fmt: skip
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
+    @property
+    def pid(self) -> int:
+        """The postmaster's pid: with its children, every backend of the benchmark."""
+        return int((self.dir / "postmaster.pid").read_text().splitlines()[0])
+
     def _as_postgres(self, *argv: str) -> None:
         subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -264,32 +326,39 @@ class Statements:
             with psycopg.connect(self.url, autocommit=True) as conn:
                 conn.execute(OBSERVER + "SELECT pg_stat_statements_reset()")
 
-    def calls(self) -> tuple[int, list[tuple[int, str]]] | None:
-        """The total, and the statements by calls (most first), for the JSON."""
+    def calls(self) -> tuple[int, list[tuple[int, float, str]]] | None:
+        """The total, and the statements by calls (most first) with the server's time in each
+        (ms, all calls), for the JSON."""
         if not self.available:
             return None
         with psycopg.connect(self.url, autocommit=True) as conn:
             rows = conn.execute(
-                OBSERVER + "SELECT s.calls, s.query FROM pg_stat_statements s "
+                OBSERVER + "SELECT s.calls, s.total_exec_time, s.query FROM pg_stat_statements s "
                 "JOIN pg_database d ON d.oid = s.dbid "
                 "WHERE d.datname = current_database() AND s.toplevel AND s.query NOT LIKE %s "
                 "ORDER BY s.calls DESC",
                 (OBSERVER.strip() + "%",),
             ).fetchall()
         return sum(int(r[0]) for r in rows), [
-            (int(r[0]), " ".join(r[1].split())[:160]) for r in rows
+            (int(r[0]), float(r[1]), " ".join(r[2].split())[:160]) for r in rows
         ]
 
 
-def per_item(counted: tuple[int, list[tuple[int, str]]] | None, items: int) -> dict[str, Any]:
+def per_item(
+    counted: tuple[int, list[tuple[int, float, str]]] | None, items: int
+) -> dict[str, Any]:
     if counted is None:
         return {"round_trips": None, "statements": []}
     total, statements = counted
     return {
         "round_trips": round(total / items, 2),
         "statements": [
-            {"per_item": round(calls / items, 2), "query": query}
-            for calls, query in statements[:25]
+            {
+                "per_item": round(calls / items, 2),
+                "server_ms_per_item": round(spent / items, 3),
+                "query": query,
+            }
+            for calls, spent, query in statements[:25]
         ],
     }
 
@@ -728,6 +797,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             tenant_id, headers = stack.tenant(f"pipeline-{mix}")
             bodies = submissions_for(mix, kinds, args.count, image_base)
             cpu_before = sum(cpu_seconds(w.process.pid) for w in workers)
+            groups = {
+                "workers": [w.process.pid for w in workers],
+                "api": [api.process.pid],
+                "model double": [model.process.pid],
+                "image server": [images.process.pid],
+            }
+            if private is not None:
+                groups["postgres"] = [private.pid]
+            broker_pid = redis_pid(args.broker_url)
+            if broker_pid is not None:
+                groups["redis"] = [broker_pid]
+            meter = CpuMeter(groups)
             statements.reset()
             profilers = [
                 start_profiler(w.process.pid, workdir / f"profile-{mix}-{n}.txt")
@@ -737,6 +818,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await blast(api_base, bodies, headers, args.connections)
             wait_decided(database_url, tenant_id, len(bodies), timeout=600)
             cpu = sum(cpu_seconds(w.process.pid) for w in workers) - cpu_before
+            spent = meter.per_item_ms(len(bodies))
             if profilers:
                 figures.setdefault("worker_profile", {})[mix] = stop_profilers(profilers)
             counted = per_item(statements.calls(), len(bodies))
@@ -745,6 +827,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "bound_per_s": round(bound, 1),
                 "ratio": round(result["rate_per_s"] / bound, 3),
                 "worker_cpu_ms_per_item": round(cpu * 1000 / len(bodies), 1),
+                **spent,
                 # Ingest of the same items included: the API shares the database.
                 "round_trips_per_item": counted["round_trips"],
                 "statements": counted["statements"],
@@ -847,6 +930,10 @@ def table(figures: dict[str, Any]) -> str:
         add(f"pipeline[{mix}] added p50/p95 ms",
             f"{result['added_p50_ms']} / {result['added_p95_ms']}")  # fmt: skip
         add(f"pipeline[{mix}] worker CPU ms/item", result["worker_cpu_ms_per_item"])
+        if "cpu_ms_per_item" in result:
+            add(f"pipeline[{mix}] CPU ms/item by process", result["cpu_ms_per_item"])
+            busy = f"{result['machine_cpu_ms_per_item']}, {result['machine_busy_share']:.0%}"
+            add(f"pipeline[{mix}] machine CPU ms/item, busy", busy)
         add(f"pipeline[{mix}] db round trips/item", result["round_trips_per_item"])
         add(f"pipeline[{mix}] tokens/image", result["tokens_per_image"])
         add(f"pipeline[{mix}] tokens predicted = sent",

@@ -31,7 +31,9 @@ from moderation.submissions.models import SubmissionStatus, VerdictRole
 
 # Every CTE reads `sub`, the submission updated only while this worker's lease holds: a lost
 # lease writes nothing. Audit events are inserted by one INSERT in the order given, so the
-# chain's trigger numbers them as `record_decision` would.
+# chain's trigger numbers them as `record_decision` would. The image bytes go in binary
+# (`%(datas)b`): a bytea array in text format is escaped byte by byte in Python, which costs
+# more than the rest of the statement.
 _STORE = """
 WITH sub AS (
     UPDATE submissions
@@ -47,7 +49,7 @@ WITH sub AS (
         source_data = CASE WHEN %(purge)s THEN NULL ELSE image.source_data END,
         source_purged_at = CASE WHEN %(purge)s AND image.source_data IS NOT NULL
                                 THEN now() ELSE image.source_purged_at END
-    FROM sub, unnest(%(positions)s::int[], %(datas)s::bytea[], %(sha256s)s::text[],
+    FROM sub, unnest(%(positions)s::int[], %(datas)b::bytea[], %(sha256s)s::text[],
                      %(widths)s::int[], %(heights)s::int[], %(mimes)s::text[],
                      %(source_mimes)s::text[], %(tokens)s::int[], %(frame_counts)s::int[])
          AS given(position, data, sha256, width, height, mime, source_mime, tokens, frame_count)
