@@ -28,6 +28,8 @@ from moderation.config import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 MODERATE_SUBMISSION = "moderation.moderate_submission"
+# Several submissions in one message: what the publisher sends when more than one is waiting.
+MODERATE_SUBMISSIONS = "moderation.moderate_submissions"
 
 # The modules that define tasks and periodic jobs, loaded by worker processes only.
 WORKER_MODULES = ["workers.tasks.moderation", "workers.relay", "workers.heartbeat"]
@@ -81,7 +83,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_hard_time_limit_s,
         "task_default_queue": settings.queue_name,
-        "task_routes": {MODERATE_SUBMISSION: {"queue": settings.queue_name}},
+        "task_routes": {
+            MODERATE_SUBMISSION: {"queue": settings.queue_name},
+            MODERATE_SUBMISSIONS: {"queue": settings.queue_name},
+        },
         # Don't let a broker outage hang an API request: the relay sends whatever fails here.
         "task_publish_retry": True,
         "task_publish_retry_policy": {
@@ -151,15 +156,34 @@ class _Publisher:
 
     def _run(self) -> None:
         while True:
-            task_name, args = self._pending.get()
+            waiting = [self._pending.get()]
+            while len(waiting) < _DRAIN_MAX:
+                try:
+                    waiting.append(self._pending.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                celery_app.send_task(task_name, args=list(args))
-            except Exception:
-                logger.warning(
-                    "could not send %s%r now; the relay will", task_name, args, exc_info=True
-                )
+                self._send(waiting)
             finally:
-                self._pending.task_done()
+                for _ in waiting:
+                    self._pending.task_done()
+
+    def _send(self, waiting: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Send what is waiting over one broker connection, submissions a few to a message."""
+        try:
+            with celery_app.producer_or_acquire() as producer:
+                for task_name, args in _messages(waiting):
+                    try:
+                        celery_app.send_task(task_name, args=list(args), producer=producer)
+                    except Exception:
+                        logger.warning(
+                            "could not send %s%r now; the relay will",
+                            task_name,
+                            args,
+                            exc_info=True,
+                        )
+        except Exception:
+            logger.warning("could not reach the broker now; the relay will send", exc_info=True)
 
     def wait_until_sent(self, timeout: float) -> bool:
         """Block until every task submitted so far was sent or given up on (tests, shutdown)."""
@@ -169,6 +193,27 @@ class _Publisher:
                 return False
             time.sleep(0.01)
         return True
+
+
+# Tasks the publisher takes off its queue at once, and submissions it puts in one message.
+_DRAIN_MAX = 256
+BATCH_MAX = 8
+
+
+def _messages(waiting: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[str, tuple[Any, ...]]]:
+    """Submissions waiting together go out up to BATCH_MAX to a message; a lone one, and every
+    other task, as it came. Batches form only when sends queue up (a burst of uploads), so a
+    quiet service sends each submission the moment it is committed."""
+    ids = [args[0] for task_name, args in waiting if task_name == MODERATE_SUBMISSION]
+    messages: list[tuple[str, tuple[Any, ...]]] = []
+    for start in range(0, len(ids), BATCH_MAX):
+        chunk = ids[start : start + BATCH_MAX]
+        if len(chunk) == 1:
+            messages.append((MODERATE_SUBMISSION, (chunk[0],)))
+        else:
+            messages.append((MODERATE_SUBMISSIONS, (chunk,)))
+    messages += [(name, args) for name, args in waiting if name != MODERATE_SUBMISSION]
+    return messages
 
 
 publisher = _Publisher()
