@@ -8,6 +8,16 @@ but pixels survives: EXIF (GPS positions, device serials), ICC profiles, XMP and
 dropped, so the stored bytes leak nothing about the uploader and the same picture always hashes
 the same.
 
+A JPEG that already fits the token budget is sent as it is. The model server rounds every image
+it receives to its patch grid itself, so resizing such a photo ourselves would reach the same
+grid and the same token count at the cost of a decode, a resize and an encode. When the photo
+needs no shrinking, is a single plain JPEG (grey or YCbCr colour, no Adobe colour block, no EXIF
+orientation turning it) and decodes cleanly (checked at 1/8 scale, which still reads every
+coded byte), the upload's own bytes are kept with every metadata segment cut out: EXIF, XMP,
+ICC, comments, thumbnails and anything after the end of the picture. Its size is then the
+upload's own, not a multiple of the grid, and its token count is the one the server will charge.
+Everything else is decoded and rendered as a new JPEG on the grid.
+
 Memory is bounded three ways. The decoded size is capped in bytes, not only in pixels, because
 Pillow holds four bytes for every colour pixel, alpha or not: an 8000x8000 RGBA PNG is 256 MB
 decoded. JPEGs decode at 1/2, 1/4 or 1/8 scale when the model's size is that much smaller, and
@@ -86,7 +96,7 @@ _ORIENTATION_TRANSPOSE = {
 _DECODER_OVERHEAD = 8 * 1024 * 1024
 # Shrinking works on horizontal strips of about this many decoded bytes at a time.
 _STRIP_BYTES = 4 * 1024 * 1024
-# Integer reduction (a box filter, fast) stops at twice the target; Lanczos does the rest.
+# Integer reduction (a box filter, fast) stops at twice the target; bicubic does the rest.
 _REDUCING_GAP = 2.0
 # Thumbnails that frames are compared on: 32x32 RGB is enough to tell pictures apart.
 _SIGNATURE_SIZE = (32, 32)

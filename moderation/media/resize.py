@@ -7,11 +7,12 @@ same `smart_resize` on whatever it receives. Doing it ourselves first means:
 
 - the token cost of an image is known before the call, so a budget can be enforced and reported;
 - the server's own resize is a no-op on our output (sides already multiples of the unit, area
-  inside its pixel range), so the bytes we store and show reviewers are exactly what the model saw.
+  inside its pixel range), so the bytes we store and show reviewers are what the model saw.
 
 An image that needs no shrinking to fit the budget (`fits_as_is`) can be sent as it is: the
 server merely rounds each side to the unit, which gives the same grid and the same token count
-as our resize would, so resizing it ourselves would be work for nothing.
+as our resize would, so resizing it ourselves would be work for nothing. Such an image is
+stored at its own size; the model sees it rounded to the grid, a few pixels at most per side.
 """
 
 from __future__ import annotations
