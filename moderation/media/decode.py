@@ -333,7 +333,8 @@ def _pass_through(
     """The upload's own JPEG, stripped of every metadata segment, or None to render it instead.
 
     Decoding at 1/8 scale runs the whole entropy-coded stream through the decoder, so a
-    truncated or broken file fails here as it would at full size, at a sixtieth of the cost.
+    truncated or broken file fails here as it would at full size; only the inverse transform and
+    the colour conversion are done on an eighth of each side.
     """
     stripped = strip_metadata(data)
     if stripped is None:
