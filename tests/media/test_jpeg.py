@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import ExifTags, Image, ImageCms
 
+from moderation.media.errors import ImageDecodeError
 from moderation.media.jpeg import strip_metadata
-from tests.media.test_decode import encode, jpeg_markers_before_scan, noise
+from tests.media.test_decode import encode, jpeg_markers_before_scan, noise, normalize
 
 SECRETS = (b"Spy Camera", b"Uploader Name", b"secret xmp", b"10.1.2.3", b"ICC_PROFILE", b"Exif")
 
@@ -151,3 +155,29 @@ def test_refuses_an_unknown_segment_before_the_scan() -> None:
     data = insert_after_soi(encode(noise(64, 48), "JPEG"), segment(0xCC, b"\x00\x01"))
 
     assert strip_metadata(data) is None
+
+
+FITTING = encode(noise(96, 64), "JPEG", progressive=True, restart_marker_blocks=2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    changes=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=8),
+    keep=st.floats(0.0, 1.0),
+)
+def test_damaged_bytes_give_a_clean_jpeg_or_none_and_never_an_exception(
+    changes: list[tuple[float, int]], keep: float
+) -> None:
+    data = bytearray(FITTING)
+    for where, value in changes:
+        data[int(where * (len(data) - 1))] = value
+    damaged = bytes(data[: int(len(data) * keep)])
+
+    stripped = strip_metadata(damaged)
+
+    if stripped is not None:
+        assert stripped.startswith(b"\xff\xd8") and stripped.endswith(b"\xff\xd9")
+        assert len(stripped) <= len(damaged)
+        assert not [m for m in jpeg_markers_before_scan(stripped) if 0xE0 <= m <= 0xEF]
+    with contextlib.suppress(ImageDecodeError):
+        normalize(damaged)
