@@ -5,7 +5,9 @@ fixed delay, holds at most `--max-concurrency` calls in service at once (the res
 GPU server whose batch is full), and writes one JSON line per call with what a throughput study
 needs: when it arrived and was answered, the image sizes it received and the visual tokens they
 cost, and how many leading prompt bytes it shared with the call before (the part a server's
-prefix cache reuses).
+prefix cache reuses). Tokens are counted as a Qwen-VL server counts them: it resizes whatever it
+receives with its own smart_resize (sides rounded to the unit, scaled into its default pixel
+range), so an image sent at any size costs what the server's grid holds.
 
     python -m benchmarks.model_double --port 8001 --latency-ms 500 --max-concurrency 32 \\
         --log /tmp/model.jsonl
@@ -19,6 +21,7 @@ import base64
 import hashlib
 import io
 import json
+import math
 import time
 from typing import Any
 
@@ -34,9 +37,30 @@ SAFE = json.dumps(
 )
 
 
+# Qwen2.5-VL's processor defaults, min_pixels 3136 and max_pixels 12845056, in tokens.
+SERVER_MIN_TOKENS = 4
+SERVER_MAX_TOKENS = 16384
+
+
 def image_tokens(width: int, height: int, unit: int) -> int:
-    """Qwen-VL's count for an image already sized to multiples of the unit."""
-    return (width // unit) * (height // unit)
+    """Qwen-VL's count for an image of any size, after the server's own smart_resize.
+
+    qwen_vl_utils' arithmetic, written out here rather than imported from the service, so the
+    double checks the service's prediction instead of repeating it.
+    """
+    min_pixels = SERVER_MIN_TOKENS * unit * unit
+    max_pixels = SERVER_MAX_TOKENS * unit * unit
+    h_bar = max(unit, round(height / unit) * unit)
+    w_bar = max(unit, round(width / unit) * unit)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(unit, math.floor(height / beta / unit) * unit)
+        w_bar = max(unit, math.floor(width / beta / unit) * unit)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / unit) * unit
+        w_bar = math.ceil(width * beta / unit) * unit
+    return (h_bar // unit) * (w_bar // unit)
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:

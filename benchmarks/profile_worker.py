@@ -3,7 +3,9 @@
 Uses MODERATION_DATABASE_URL (migrated here) and a fake model with no latency, so the numbers
 are the pipeline's own CPU per task: image normalization, request building, SQL. The profile
 is timed in CPU seconds of this process (the fake model answers from a thread of it, a small
-share), so waiting on the database does not show as cost.
+share), so waiting on the database does not show as cost. The allocator is set up as in a worker
+(large buffers in memory maps of their own, see `moderation.media.allocator`): page faults on
+fresh buffers are part of a worker's cost, and glibc's default would hide or add to them.
 
     MODERATION_DATABASE_URL=postgresql://... python -m benchmarks.profile_worker --count 60
 """
@@ -38,7 +40,10 @@ def main() -> int:
     if not os.environ.get("MODERATION_DATABASE_URL"):
         raise SystemExit("set MODERATION_DATABASE_URL to a database this may migrate and write")
 
+    from moderation.media.allocator import return_large_allocations
     from tests.fakes.fake_vlm import FakeVLMServer
+
+    return_large_allocations()
 
     with FakeVLMServer() as fake:
         os.environ["MODERATION_VLM_BASE_URL"] = fake.base_url

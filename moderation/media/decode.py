@@ -8,6 +8,16 @@ but pixels survives: EXIF (GPS positions, device serials), ICC profiles, XMP and
 dropped, so the stored bytes leak nothing about the uploader and the same picture always hashes
 the same.
 
+A JPEG that already fits the token budget is sent as it is. The model server rounds every image
+it receives to its patch grid itself, so resizing such a photo ourselves would reach the same
+grid and the same token count at the cost of a decode, a resize and an encode. When the photo
+needs no shrinking, is a single plain JPEG (grey or YCbCr colour, no Adobe colour block, no EXIF
+orientation turning it) and decodes cleanly (checked at 1/8 scale, which still reads every
+coded byte), the upload's own bytes are kept with every metadata segment cut out: EXIF, XMP,
+ICC, comments, thumbnails and anything after the end of the picture. Its size is then the
+upload's own, not a multiple of the grid, and its token count is the one the server will charge.
+Everything else is decoded and rendered as a new JPEG on the grid.
+
 Memory is bounded three ways. The decoded size is capped in bytes, not only in pixels, because
 Pillow holds four bytes for every colour pixel, alpha or not: an 8000x8000 RGBA PNG is 256 MB
 decoded. JPEGs decode at 1/2, 1/4 or 1/8 scale when the model's size is that much smaller, and
@@ -38,7 +48,8 @@ from moderation.core.errors import describe_exception
 from moderation.media.budget import DecodeBudget
 from moderation.media.errors import ImageDecodeError, MediaError
 from moderation.media.frames import choose_frames
-from moderation.media.resize import image_tokens, smart_resize
+from moderation.media.jpeg import strip_metadata
+from moderation.media.resize import fits_as_is, image_tokens, server_grid, smart_resize
 
 OUTPUT_MIME = "image/jpeg"
 JPEG_QUALITY = 90
@@ -85,7 +96,7 @@ _ORIENTATION_TRANSPOSE = {
 _DECODER_OVERHEAD = 8 * 1024 * 1024
 # Shrinking works on horizontal strips of about this many decoded bytes at a time.
 _STRIP_BYTES = 4 * 1024 * 1024
-# Integer reduction (a box filter, fast) stops at twice the target; Lanczos does the rest.
+# Integer reduction (a box filter, fast) stops at twice the target; bicubic does the rest.
 _REDUCING_GAP = 2.0
 # Thumbnails that frames are compared on: 32x32 RGB is enough to tell pictures apart.
 _SIGNATURE_SIZE = (32, 32)
@@ -202,7 +213,7 @@ def normalize_media(
         )
     try:
         with Image.open(io.BytesIO(data), formats=_OPENABLE_FORMATS) as opened:
-            return _normalize_opened(opened, limits, budget or _UNLIMITED, deadline)
+            return _normalize_opened(opened, data, limits, budget or _UNLIMITED, deadline)
     except MediaError:
         raise
     except Image.DecompressionBombError as exc:
@@ -235,7 +246,11 @@ _UNLIMITED = DecodeBudget(1 << 62)
 
 
 def _normalize_opened(
-    opened: Image.Image, limits: DecodeLimits, budget: DecodeBudget, deadline: float | None
+    opened: Image.Image,
+    data: bytes,
+    limits: DecodeLimits,
+    budget: DecodeBudget,
+    deadline: float | None,
 ) -> NormalizedMedia:
     source_mime = SOURCE_MIME_BY_FORMAT.get(opened.format or "", "")
     if not source_mime:
@@ -243,6 +258,10 @@ def _normalize_opened(
     _check_pixels(opened.size, limits)
     frame_count = int(getattr(opened, "n_frames", 1)) if limits.max_frames > 1 else 1
     if frame_count <= 1:
+        if _may_pass_through(opened, limits):
+            passed = _pass_through(opened, data, source_mime, limits, budget, deadline)
+            if passed is not None:
+                return _still(passed, source_mime)
         return _normalize_still(opened, source_mime, limits, budget, deadline)
     return _normalize_frames(opened, source_mime, frame_count, limits, budget, deadline)
 
@@ -275,11 +294,65 @@ def _normalize_still(
     with budget.reserve(cost, deadline=deadline):
         opened.load()
         image = _render(opened, header_size, limits.unit, limits.max_tokens, source_mime)
+    return _still(image, source_mime)
+
+
+def _still(image: NormalizedImage, source_mime: str) -> NormalizedMedia:
     return NormalizedMedia(
         source_mime=source_mime,
         frame_count=1,
         duration_ms=None,
         frames=(NormalizedFrame(index=0, time_ms=None, image=image),),
+    )
+
+
+def _may_pass_through(opened: Image.Image, limits: DecodeLimits) -> bool:
+    """A JPEG the model server would see exactly as our rendering of it, from its header alone.
+
+    Its size must already fit the budget (see `fits_as_is`), and it must be a plain JPEG whose
+    pixels do not depend on anything we strip: a single picture (not MPO), grey or YCbCr colour
+    (CMYK and YCCK need the Adobe block's transform flag, which is metadata), and no EXIF
+    orientation turning it, since the orientation goes with the EXIF.
+    """
+    if opened.format != "JPEG" or opened.mode not in ("RGB", "L") or "adobe" in opened.info:
+        return False
+    width, height = opened.size
+    if not fits_as_is(height, width, unit=limits.unit, max_tokens=limits.max_tokens):
+        return False
+    return _exif_orientation(opened) == 1
+
+
+def _pass_through(
+    opened: Image.Image,
+    data: bytes,
+    source_mime: str,
+    limits: DecodeLimits,
+    budget: DecodeBudget,
+    deadline: float | None,
+) -> NormalizedImage | None:
+    """The upload's own JPEG, stripped of every metadata segment, or None to render it instead.
+
+    Decoding at 1/8 scale runs the whole entropy-coded stream through the decoder, so a
+    truncated or broken file fails here as it would at full size; only the inverse transform and
+    the colour conversion are done on an eighth of each side.
+    """
+    stripped = strip_metadata(data)
+    if stripped is None:
+        return None
+    width, height = opened.size
+    opened.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+    decoded = _check_decoded(opened.mode, opened.size, limits)
+    with budget.reserve(_check_cost(decoded + _DECODER_OVERHEAD, budget), deadline=deadline):
+        opened.load()
+    grid_height, grid_width = server_grid(height, width, unit=limits.unit)
+    return NormalizedImage(
+        data=stripped,
+        sha256=hashlib.sha256(stripped).hexdigest(),
+        width=width,
+        height=height,
+        mime=OUTPUT_MIME,
+        source_mime=source_mime,
+        tokens=image_tokens(grid_height, grid_width, unit=limits.unit),
     )
 
 
@@ -479,8 +552,13 @@ def _shrink_to_rgb(picture: Image.Image, factors: tuple[int, int]) -> Image.Imag
 
     Converting a whole 8000x8000 picture would hold two or three more full-size copies next to
     the decoded one; strips keep that to a few megabytes. Flattening before reducing is exact:
-    compositing on white and averaging are both linear.
+    compositing on white and averaging are both linear. A picture already in plain RGB needs no
+    flattening: it is reduced whole (which allocates only the reduced copy) or, at factors
+    (1, 1), returned as it is, so nothing is copied for nothing. The result may therefore be
+    `picture` itself, `info` and all.
     """
+    if picture.mode == "RGB" and "transparency" not in picture.info:
+        return picture if factors == (1, 1) else picture.reduce(factors)
     width, height = picture.size
     factor_x, factor_y = factors
     shrunk = Image.new("RGB", (math.ceil(width / factor_x), math.ceil(height / factor_y)))
@@ -538,10 +616,8 @@ def _encode_jpeg(picture: Image.Image, size: tuple[int, int]) -> bytes:
         # resamples from at least three times the target, which Pillow documents as
         # indistinguishable from resampling the full image.
         picture = picture.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-    # A fresh image carries no `info`: Pillow's JPEG writer would otherwise copy a comment from
-    # it, and later Pillow versions may copy more.
-    clean = Image.new("RGB", picture.size)
-    clean.paste(picture)
     buffer = io.BytesIO()
-    clean.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    # Pillow's JPEG writer takes a comment from the picture's `info` unless one is given; every
+    # other segment (EXIF, ICC, XMP) is written only when passed, so these stay empty.
+    picture.save(buffer, format="JPEG", quality=JPEG_QUALITY, comment=b"", exif=b"")
     return buffer.getvalue()

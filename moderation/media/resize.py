@@ -7,7 +7,12 @@ same `smart_resize` on whatever it receives. Doing it ourselves first means:
 
 - the token cost of an image is known before the call, so a budget can be enforced and reported;
 - the server's own resize is a no-op on our output (sides already multiples of the unit, area
-  inside its pixel range), so the bytes we store and show reviewers are exactly what the model saw.
+  inside its pixel range), so the bytes we store and show reviewers are what the model saw.
+
+An image that needs no shrinking to fit the budget (`fits_as_is`) can be sent as it is: the
+server merely rounds each side to the unit, which gives the same grid and the same token count
+as our resize would, so resizing it ourselves would be work for nothing. Such an image is
+stored at its own size; the model sees it rounded to the grid, a few pixels at most per side.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ from moderation.media.errors import ImageDecodeError
 
 # Qwen's processors refuse anything more elongated than this; so do we, with a clear reason.
 MAX_ASPECT_RATIO = 200
+# The pixel range a Qwen-VL server resizes into when the request names none, in tokens: Qwen2.5-VL
+# defaults to min_pixels 3136 and max_pixels 12845056, which are 4 and 16384 tokens of 28x28.
+SERVER_MIN_TOKENS = 4
+SERVER_MAX_TOKENS = 16384
 
 
 def smart_resize(
@@ -61,6 +70,29 @@ def smart_resize(
 
 def image_tokens(height: int, width: int, *, unit: int) -> int:
     return (height // unit) * (width // unit)
+
+
+def server_grid(height: int, width: int, *, unit: int) -> tuple[int, int]:
+    """The (height, width) a Qwen-VL server with its default pixel range resizes an image to."""
+    return smart_resize(
+        height, width, unit=unit, max_tokens=SERVER_MAX_TOKENS, min_tokens=SERVER_MIN_TOKENS
+    )
+
+
+def fits_as_is(height: int, width: int, *, unit: int, max_tokens: int) -> bool:
+    """Whether the server, given this image unresized, reaches the very grid we would resize to.
+
+    True when both our budget and the server's default range leave the image at its own size
+    rounded to the unit: nothing had to be scaled down to fit the budget or up to the minimum.
+    A side that rounds to nothing (under half a unit) never fits as is.
+    """
+    rounded = (round(height / unit) * unit, round(width / unit) * unit)
+    if min(rounded) < unit:
+        return False
+    return (
+        smart_resize(height, width, unit=unit, max_tokens=max_tokens) == rounded
+        and server_grid(height, width, unit=unit) == rounded
+    )
 
 
 def _fit_budget(rows: int, columns: int, *, max_tokens: int) -> tuple[int, int]:

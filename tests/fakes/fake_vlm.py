@@ -35,6 +35,8 @@ from moderation.vlm.verdict import ModelVerdict
 Wrap = Literal["plain", "fenced", "think", "think_close_only", "prose"]
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+# Pixels per side of one visual token of that model.
+QWEN25_UNIT = 28
 # The default policy's category ids: every verdict this fake makes up uses one of them.
 CATEGORY_IDS = (
     "sexual",
@@ -642,8 +644,10 @@ def _image_colours(body: dict[str, Any]) -> list[tuple[int, int, int]]:
 
 
 def _estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """A rough four characters a token for text; images as a Qwen2.5-VL server counts them,
+    from the size it receives."""
     characters = 0
-    images = 0
+    visual = 0
     for message in body["messages"]:
         content = message.get("content")
         if isinstance(content, str):
@@ -652,9 +656,23 @@ def _estimate_prompt_tokens(body: dict[str, Any]) -> int:
         for part in content:
             if part.get("type") == "text":
                 characters += len(part["text"])
-            else:
-                images += 1
-    return characters // 4 + images * 256
+            elif part.get("type") == "image_url":
+                visual += _visual_tokens(part["image_url"]["url"])
+    return characters // 4 + visual
+
+
+def _visual_tokens(url: str) -> int:
+    from PIL import Image
+
+    from benchmarks.model_double import image_tokens
+
+    _, _, encoded = url.partition(";base64,")
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
+            width, height = image.size
+    except Exception:
+        return 0
+    return image_tokens(width, height, QWEN25_UNIT)
 
 
 def _pick_from_mix(mix: Mapping[str, float], body: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from PIL.PngImagePlugin import PngInfo
 from moderation.media.decode import NormalizedImage, normalize_image
 from moderation.media.errors import ImageDecodeError
 from moderation.media.resize import image_tokens
+from tests.media.test_resize import qwen_smart_resize
 
 UNIT = 28
 MAX_TOKENS = 1024
@@ -33,6 +34,17 @@ BLUE = (0, 0, 255)
 # DQT quantisation tables, DRI restart interval and APP0, the JFIF header. Anything else (APP1
 # EXIF/XMP, APP2 ICC, APP13 IPTC, COM comments, ...) is metadata that must have been dropped.
 CLEAN_JPEG_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC4, 0xDB, 0xDD, 0xE0})
+# Qwen2.5-VL's server defaults, min_pixels 3136 and max_pixels 12845056, as tokens.
+SERVER_MIN_TOKENS = 4
+SERVER_MAX_TOKENS = 16384
+
+
+def server_tokens(width: int, height: int, unit: int = UNIT) -> int:
+    """What a Qwen-VL server with its default pixel range charges for an image of this size."""
+    grid_height, grid_width = qwen_smart_resize(
+        height, width, unit, SERVER_MIN_TOKENS * unit * unit, SERVER_MAX_TOKENS * unit * unit
+    )
+    return image_tokens(grid_height, grid_width, unit=unit)
 
 
 def normalize(data: bytes, **caps: int) -> NormalizedImage:
@@ -99,10 +111,18 @@ def assert_clean_jpeg(result: NormalizedImage, unit: int = UNIT) -> Image.Image:
         assert signature not in result.data
     decoded = Image.open(io.BytesIO(result.data), formats=["JPEG"])
     decoded.load()
-    assert decoded.mode == "RGB"
+    # Grey only when a grey JPEG was sent as it is; every rendering is RGB.
+    assert decoded.mode in ("RGB", "L")
     assert decoded.size == (result.width, result.height)
-    assert result.width % unit == 0 and result.height % unit == 0
-    assert result.tokens == image_tokens(result.height, result.width, unit=unit)
+    # The server merely rounds the sides to the unit: our count is the one it charges.
+    assert qwen_smart_resize(
+        result.height,
+        result.width,
+        unit,
+        SERVER_MIN_TOKENS * unit * unit,
+        SERVER_MAX_TOKENS * unit * unit,
+    ) == (round(result.height / unit) * unit, round(result.width / unit) * unit)
+    assert result.tokens == server_tokens(result.width, result.height, unit)
     assert not decoded.getexif()
     assert not {"exif", "icc_profile", "xmp", "comment"} & decoded.info.keys()
     return decoded
@@ -133,9 +153,12 @@ def test_accepts_each_allowed_format(image_format: str, source_mime: str) -> Non
     result = normalize(encode(noise(640, 480), image_format))
 
     assert result.source_mime == source_mime
-    assert_clean_jpeg(result)
-    # 640x480 rounds to 644x476 on the 28 px grid: 23*17 tokens, well inside 1024.
-    assert (result.width, result.height, result.tokens) == (644, 476, 23 * 17)
+    decoded = assert_clean_jpeg(result)
+    # 640x480 rounds to 644x476 on the 28 px grid: 23*17 tokens, well inside 1024. A JPEG that
+    # fits is sent as it is (the server does the rounding), anything else resized to the grid.
+    size = (640, 480) if image_format == "JPEG" else (644, 476)
+    assert (result.width, result.height, result.tokens) == (*size, 23 * 17)
+    assert decoded.mode == "RGB"
 
 
 def test_accepts_a_multi_picture_jpeg_as_a_jpeg_and_keeps_the_first_picture() -> None:
