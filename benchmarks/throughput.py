@@ -289,7 +289,12 @@ class PrivatePostgres:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
     def stop(self) -> None:
-        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.dir), "-m", "fast", "stop")
+        try:
+            self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.dir), "-m", "fast", "stop")
+        except subprocess.CalledProcessError:
+            log = self.dir / "server.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            print(f"(the private PostgreSQL did not stop cleanly; its log ends:)\n{tail}")
 
 
 def new_database(server_url: str) -> str:
