@@ -13,7 +13,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from moderation.backtests.router import router as backtests_router
 from moderation.config import Settings, get_settings
-from moderation.core.limits import BodyLimits, BodySizeLimit
+from moderation.core.limits import BodyLimits
 from moderation.core.middleware import RequestBoundary
 from moderation.core.openapi import install_openapi, operation_id
 from moderation.core.problems import install_problem_handlers, problem_response
@@ -96,13 +96,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for outage in DATABASE_OUTAGES:
         app.add_exception_handler(outage, _database_outage)
     app.add_middleware(
-        BodySizeLimit,
+        RequestBoundary,
         limits=BodyLimits(
             json_bytes=settings.json_body_max_bytes,
             multipart_bytes=settings.multipart_body_max_bytes,
         ),
     )
-    app.add_middleware(RequestBoundary)
     app.include_router(ops_router)
     app.include_router(submissions_router)
     app.include_router(policies_router)

@@ -74,7 +74,7 @@ def _form_problem(message: str, settings: Settings) -> DomainError:
 
 
 async def _read_json(request: Request, settings: Settings) -> service.NewSubmission:
-    # BodySizeLimit (main.py) has already capped how much of this can arrive; the bytes were
+    # RequestBoundary (main.py) has already capped how much of this can arrive; the bytes were
     # read (and their signature checked) before parsing, and Starlette keeps them.
     body = await request.body()
 
