@@ -20,6 +20,7 @@ from moderation.core.problems import install_problem_handlers, problem_response
 from moderation.core.rate_limits import RateLimiter
 from moderation.database import (
     DATABASE_OUTAGES,
+    AsyncPool,
     database_unavailable,
     get_sessionmaker,
     resolve_database_url,
@@ -46,13 +47,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database_url = resolve_database_url(settings)
         factory = get_sessionmaker(
-            resolve_database_url(settings),
+            database_url,
             connect_timeout_s=settings.database_connect_timeout_s,
             pool_timeout_s=settings.database_pool_timeout_s,
         )
         app.state.settings = settings
         app.state.sessionmaker = factory
+        ingest_pool = AsyncPool(
+            database_url,
+            connect_timeout_s=settings.database_connect_timeout_s,
+            pool_timeout_s=settings.database_pool_timeout_s,
+        )
+        app.state.ingest_pool = ingest_pool
         registry = CollectorRegistry()
         registry.register(SubmissionCollector(factory))
         registry.register(ShadowCollector(factory))
@@ -68,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         app.state.vlm_client = vlm_client
         yield
+        await ingest_pool.close()
         if vlm_client.cache_info().currsize:
             vlm_client().close()
 
@@ -83,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def _database_outage(_: Request, exc: Exception) -> JSONResponse:
         # Requests with a session get this from request_session already; this catches the
-        # few paths without one (the metrics collector).
+        # paths without one (the metrics collector, looking up a key not seen lately).
         error = database_unavailable(exc)
         return problem_response(
             error.status,
