@@ -153,14 +153,17 @@ class AsyncPool:
         self._conninfo = libpq_url(url)
         self._connect_timeout_s = connect_timeout_s
         self._pool_timeout_s = pool_timeout_s
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        # Each kept connection with its cursor: a cursor keeps the adapters it looked up for
+        # the parameters' types, and every statement here has the same types.
+        self._idle: list[psycopg.AsyncCursor[Any]] = []
         self._slots = asyncio.Semaphore(size)
 
     async def fetch_one(self, query: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """Run one statement; its first row. Raises one of ASYNC_DATABASE_OUTAGES on an outage."""
         if self._slots.locked():
             try:
-                await asyncio.wait_for(self._slots.acquire(), self._pool_timeout_s)
+                async with asyncio.timeout(self._pool_timeout_s):
+                    await self._slots.acquire()
             except TimeoutError as exc:
                 raise PoolTimeout(
                     f"no database connection free within {self._pool_timeout_s} s"
@@ -170,35 +173,36 @@ class AsyncPool:
         try:
             kept = bool(self._idle)
             while True:
-                connection = self._idle.pop() if self._idle else await self._connect()
+                cursor = self._idle.pop() if self._idle else await self._connect()
                 try:
-                    cursor = await connection.execute(query, params)
+                    await cursor.execute(query, params)
                     row = await cursor.fetchone()
                 except psycopg.OperationalError:
-                    lost = connection.broken or connection.closed
-                    await connection.close()
+                    lost = cursor.connection.broken or cursor.connection.closed
+                    await cursor.connection.close()
                     if kept and lost:
                         kept = bool(self._idle)
                         logger.debug("a kept database connection was lost; sending again")
                         continue
                     raise
                 except BaseException:
-                    await connection.close()
+                    await cursor.connection.close()
                     raise
-                self._idle.append(connection)
+                self._idle.append(cursor)
                 return row
         finally:
             self._slots.release()
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(
+    async def _connect(self) -> psycopg.AsyncCursor[Any]:
+        connection = await psycopg.AsyncConnection.connect(
             self._conninfo, autocommit=True, connect_timeout=self._connect_timeout_s
         )
+        return connection.cursor()
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
-        for connection in idle:
-            await connection.close()
+        for cursor in idle:
+            await cursor.connection.close()
 
 
 async def request_session(request: Request) -> AsyncIterator[Session]:

@@ -181,8 +181,20 @@ class _Publisher:
     def _send(batch: list[tuple[str, tuple[Any, ...]]]) -> None:
         try:
             with celery_app.producer_or_acquire() as producer, producer.batch(len(batch)):
+                # A batched publish only buffers: there is nothing to retry until the batch is
+                # sent, and a batch that fails then is the relay's. One sent at once (no batch
+                # support) keeps the configured retries.
+                retry = None if not producer.supports_batch_publish else False
                 for task_name, args in batch:
-                    celery_app.send_task(task_name, args=list(args), producer=producer)
+                    celery_app.send_task(
+                        task_name,
+                        args=list(args),
+                        producer=producer,
+                        retry=retry,
+                        # The ids are short strings: their repr needs no truncating.
+                        argsrepr=repr(list(args)),
+                        kwargsrepr="{}",
+                    )
         except Exception:
             logger.warning(
                 "could not send %d tasks now (%s%r first); the relay will",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -47,11 +47,11 @@ class RequireRoles(RoleRequirement):
         self.roles = frozenset(role.value for role in roles)
         self.route_class = route_class or route_class_for(self.allowed)
 
-    async def __call__(
-        self,
-        request: Request,
-        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    ) -> Principal:
+    async def __call__(self, request: Request) -> Principal:
+        # Read straight from the headers: declared as a parameter, FastAPI would validate it
+        # on every request, and it is not part of the documented interface (the security
+        # scheme is).
+        authorization = request.headers.get("authorization")
         # A key seen moments ago needs no query, and so no hop to a worker thread and no
         # session either; a lookup runs in one, off the event loop, on a session of its own
         # (the route's own session, if it has one, is not opened for it).
