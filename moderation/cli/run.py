@@ -53,12 +53,12 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> None:
     }
     workers = getattr(args, "workers", None) or 1
     if workers == 1:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings, tune_gc=True), **options)
         return
     # One process serves one core's worth of requests. Each of N processes builds its own app
     # (its own connection pool and key cache) from the same environment, so uvicorn is given
     # the factory to call rather than an app built here.
-    uvicorn.run("moderation.main:create_app", factory=True, workers=workers, **options)
+    uvicorn.run("moderation.main:create_server_app", factory=True, workers=workers, **options)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
