@@ -135,7 +135,8 @@ class _Publisher:
     GATHER_S = 0.002
     MAX_BATCH = 500
 
-    def __init__(self, backlog: int = 10_000) -> None:
+    def __init__(self, app: Celery, backlog: int = 10_000) -> None:
+        self._app = app
         self._backlog = backlog
         self._pending: queue.Queue[tuple[str, tuple[Any, ...]]] = queue.Queue(backlog)
         self._thread: threading.Thread | None = None
@@ -177,16 +178,19 @@ class _Publisher:
                 for _ in batch:
                     self._pending.task_done()
 
-    @staticmethod
-    def _send(batch: list[tuple[str, tuple[Any, ...]]]) -> None:
+    def _send(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
         try:
-            with celery_app.producer_or_acquire() as producer, producer.batch(len(batch)):
+            with self._app.producer_or_acquire() as producer, producer.batch(len(batch)):
                 # A batched publish only buffers: there is nothing to retry until the batch is
                 # sent, and a batch that fails then is the relay's. One sent at once (no batch
                 # support) keeps the configured retries.
                 retry = None if not producer.supports_batch_publish else False
+                # Each task's queue is declared by its first message on this connection; the
+                # others skip binding a copy of the queue to the channel only to find it so.
+                declared: set[str] = set()
                 for task_name, args in batch:
-                    celery_app.send_task(
+                    options: dict[str, Any] = {"declare": []} if task_name in declared else {}
+                    self._app.send_task(
                         task_name,
                         args=list(args),
                         producer=producer,
@@ -194,7 +198,9 @@ class _Publisher:
                         # The ids are short strings: their repr needs no truncating.
                         argsrepr=repr(list(args)),
                         kwargsrepr="{}",
+                        **options,
                     )
+                    declared.add(task_name)
         except Exception:
             logger.warning(
                 "could not send %d tasks now (%s%r first); the relay will",
@@ -213,7 +219,7 @@ class _Publisher:
         return True
 
 
-publisher = _Publisher()
+publisher = _Publisher(celery_app)
 
 
 def send_committed(task_name: str, *args: Any) -> None:
