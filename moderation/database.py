@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from typing import Annotated
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from typing import Annotated, Any
 
+import psycopg
 from fastapi import Depends, Request
 from sqlalchemy import create_engine
 from sqlalchemy import exc as sa_exc
@@ -31,6 +33,12 @@ DATABASE_OUTAGES: tuple[type[Exception], ...] = (
     sa_exc.InterfaceError,
     sa_exc.TimeoutError,
 )
+# The same outages, as psycopg raises them on the async connections (AsyncPool), which no
+# SQLAlchemy engine wraps (AsyncPool's PoolTimeout is an OperationalError).
+ASYNC_DATABASE_OUTAGES: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
 DATABASE_RETRY_AFTER_S = 5
 
 
@@ -40,6 +48,11 @@ def sqlalchemy_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def libpq_url(url: str) -> str:
+    """The URL as psycopg itself takes it, without SQLAlchemy's driver suffix."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
 def resolve_database_url(settings: Settings) -> str:
@@ -118,6 +131,80 @@ def read_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
+class PoolTimeout(psycopg.OperationalError):
+    """Every connection of an AsyncPool stayed busy for longer than its pool timeout."""
+
+
+class AsyncPool:
+    """A few psycopg async connections in autocommit, for the one-statement writes that the
+    event loop can make itself: no worker thread, no ORM session, no BEGIN and COMMIT around a
+    statement that is a transaction of its own.
+
+    Connections are opened on demand, up to `size`, and kept. One that died with the database
+    (a restart, a dropped socket) is thrown away when a statement fails on it, and a statement
+    that failed that way on a kept connection is sent once more on a new one: the first
+    request after a database restart does not pay for the old connection. Statements sent here
+    must therefore be safe to send twice (an idempotent insert is).
+    """
+
+    def __init__(
+        self, url: str, *, size: int = 10, connect_timeout_s: int = 5, pool_timeout_s: float = 5.0
+    ) -> None:
+        self._conninfo = libpq_url(url)
+        self._connect_timeout_s = connect_timeout_s
+        self._pool_timeout_s = pool_timeout_s
+        # Each kept connection with its cursor: a cursor keeps the adapters it looked up for
+        # the parameters' types, and every statement here has the same types.
+        self._idle: list[psycopg.AsyncCursor[Any]] = []
+        self._slots = asyncio.Semaphore(size)
+
+    async def fetch_one(self, query: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """Run one statement; its first row. Raises one of ASYNC_DATABASE_OUTAGES on an outage."""
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self._pool_timeout_s):
+                    await self._slots.acquire()
+            except TimeoutError as exc:
+                raise PoolTimeout(
+                    f"no database connection free within {self._pool_timeout_s} s"
+                ) from exc
+        else:
+            await self._slots.acquire()
+        try:
+            kept = bool(self._idle)
+            while True:
+                cursor = self._idle.pop() if self._idle else await self._connect()
+                try:
+                    await cursor.execute(query, params)
+                    row = await cursor.fetchone()
+                except psycopg.OperationalError:
+                    lost = cursor.connection.broken or cursor.connection.closed
+                    await cursor.connection.close()
+                    if kept and lost:
+                        kept = bool(self._idle)
+                        logger.debug("a kept database connection was lost; sending again")
+                        continue
+                    raise
+                except BaseException:
+                    await cursor.connection.close()
+                    raise
+                self._idle.append(cursor)
+                return row
+        finally:
+            self._slots.release()
+
+    async def _connect(self) -> psycopg.AsyncCursor[Any]:
+        connection = await psycopg.AsyncConnection.connect(
+            self._conninfo, autocommit=True, connect_timeout=self._connect_timeout_s
+        )
+        return connection.cursor()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for cursor in idle:
+            await cursor.connection.close()
+
+
 async def request_session(request: Request) -> AsyncIterator[Session]:
     """One session per request, committed when the handler returns.
 
@@ -163,6 +250,9 @@ def _close_quietly(session: Session) -> None:
     except DATABASE_OUTAGES:
         logger.debug("closing a session on a lost connection failed", exc_info=True)
 
+
+request_session_scope = asynccontextmanager(request_session)
+"""request_session for a handler that opens its session only on the paths that need one."""
 
 DbSession = Annotated[Session, Depends(request_session, scope="function")]
 

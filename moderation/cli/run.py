@@ -47,15 +47,18 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> None:
         "port": args.port or settings.api_port,
         "log_level": settings.log_level.lower(),
         "proxy_headers": True,
+        # A line per request costs ingest a formatted record and a write; the service logs
+        # what goes wrong on its own, and a proxy in front usually keeps an access log anyway.
+        "access_log": bool(getattr(args, "access_log", False)),
     }
     workers = getattr(args, "workers", None) or 1
     if workers == 1:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings, tune_gc=True), **options)
         return
     # One process serves one core's worth of requests. Each of N processes builds its own app
     # (its own connection pool and key cache) from the same environment, so uvicorn is given
     # the factory to call rather than an app built here.
-    uvicorn.run("moderation.main:create_app", factory=True, workers=workers, **options)
+    uvicorn.run("moderation.main:create_server_app", factory=True, workers=workers, **options)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
@@ -234,7 +237,12 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     try:
         # cmd_api turns SIGTERM into SystemExit, so this `finally` runs and the worker is
         # stopped before the embedded database shuts down.
-        cmd_api(argparse.Namespace(host=host, port=port, workers=args.workers), settings)
+        cmd_api(
+            argparse.Namespace(
+                host=host, port=port, workers=args.workers, access_log=args.access_log
+            ),
+            settings,
+        )
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -254,6 +262,9 @@ def register(commands: Any) -> None:
         command.add_argument("--port", type=int)
         command.add_argument(
             "--workers", type=int, default=1, help="API processes, to use more than one core"
+        )
+        command.add_argument(
+            "--access-log", action="store_true", help="log a line for every HTTP request"
         )
     worker = add_command(commands, "worker", cmd_worker, "run a Celery worker (and the relay)")
     worker.add_argument("--concurrency", type=int, help="model calls in flight (threads)")

@@ -57,6 +57,10 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.limit(scope, receive, send)
+
+    async def limit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass an HTTP request on within its cap, or answer 413 (or 422 for a JSON shape)."""
         headers = scope.get("headers", [])
         content_type = media_type(headers)
         cap = self.limits.cap_for(content_type)

@@ -1,4 +1,4 @@
-"""Checks every request and response share, whatever route they reach.
+"""Checks every request and response share, whatever route they reach, in one ASGI layer.
 
 - A NUL character (`%00`) in the path or a query parameter is refused with a 422 naming where it
   was. No route can store or look up such a value (PostgreSQL text refuses NUL), and catching it
@@ -6,6 +6,11 @@
   declare their parameters with NUL-free types, so the OpenAPI document says so too.
 - Every response says `X-Content-Type-Options: nosniff`: the API serves uploaded bytes (the
   normalized images), and a browser must never second-guess their declared type.
+- Bodies are capped by content type and JSON bodies checked for shape before any parser sees
+  them (moderation.core.limits).
+
+One layer rather than one per concern: each layer of middleware is a coroutine call, a closure
+over `send` and a scope lookup on every request, and ingest is mostly requests this small.
 """
 
 from __future__ import annotations
@@ -13,20 +18,23 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from moderation.core.errors import ValidationFailed
 from moderation.core.fields import NUL_FREE_MESSAGE
+from moderation.core.limits import BodyLimits, BodySizeLimit
+
+_NOSNIFF_NAME = b"x-content-type-options"
+_NOSNIFF = (_NOSNIFF_NAME, b"nosniff")
 
 
 def _nul_in_target(scope: Scope) -> list[dict[str, Any]]:
     errors: list[dict[str, Any]] = []
     if "\x00" in scope.get("path", ""):
         errors.append({"loc": ["path"], "msg": NUL_FREE_MESSAGE, "type": "string_nul"})
-    query = scope.get("query_string", b"").decode("latin-1")
-    if "%00" in query or "\x00" in query:
-        for name, value in parse_qsl(query, keep_blank_values=True):
+    query: bytes = scope.get("query_string", b"")
+    if b"%00" in query or b"\x00" in query:
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
             if "\x00" in name or "\x00" in value:
                 errors.append(
                     {"loc": ["query", name], "msg": NUL_FREE_MESSAGE, "type": "string_nul"}
@@ -34,9 +42,17 @@ def _nul_in_target(scope: Scope) -> list[dict[str, Any]]:
     return errors
 
 
-class RequestBoundary:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+def _with_nosniff(message: Message) -> None:
+    headers = [
+        header for header in message.get("headers", ()) if header[0].lower() != _NOSNIFF_NAME
+    ]
+    headers.append(_NOSNIFF)
+    message["headers"] = headers
+
+
+class RequestBoundary(BodySizeLimit):
+    def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
+        super().__init__(app, limits)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,7 +61,7 @@ class RequestBoundary:
 
         async def send_with_nosniff(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["X-Content-Type-Options"] = "nosniff"
+                _with_nosniff(message)
             await send(message)
 
         errors = _nul_in_target(scope)
@@ -58,4 +74,4 @@ class RequestBoundary:
             )
             await response(scope, receive, send_with_nosniff)
             return
-        await self.app(scope, receive, send_with_nosniff)
+        await self.limit(scope, receive, send_with_nosniff)

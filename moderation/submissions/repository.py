@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 from sqlalchemy import (
     ColumnElement,
     and_,
@@ -26,6 +28,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.types import Integer, Interval, String, Text, Uuid
 
+from moderation.database import AsyncPool
 from moderation.decisions.models import Action, Decision, ShadowOutcome
 from moderation.submissions.models import (
     Submission,
@@ -138,6 +141,43 @@ def ingest_submission(
         },
     ).one()
     return IngestResult(created_id=row.created_id, version_found=bool(row.version_found))
+
+
+# The same statement in psycopg's own placeholders, for connections no SQLAlchemy engine holds.
+_INGEST_PSYCOPG = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", _INGEST.text)
+
+
+async def ingest_submission_async(
+    pool: AsyncPool,
+    values: dict[str, Any],
+    *,
+    policy_slug: str,
+    pinned_version: int | None,
+    images: Sequence[NewImageRow],
+    image_count: int,
+    actor: str,
+) -> IngestResult:
+    """ingest_submission as a statement of its own, committed when it returns.
+
+    Sending it twice is harmless: the second finds (tenant, external_id) taken and writes
+    nothing, which AsyncPool relies on when it resends after a lost connection.
+    """
+    row = await pool.fetch_one(
+        _INGEST_PSYCOPG,
+        {
+            **values,
+            "metadata": Jsonb(values["metadata"]),
+            "slug": policy_slug,
+            "pinned": pinned_version,
+            "urls": [image.url for image in images],
+            "datas": [image.data for image in images],
+            "shas": [image.sha256 for image in images],
+            "actor": actor,
+            "image_count": image_count,
+        },
+    )
+    assert row is not None  # the statement's last SELECT always returns one row
+    return IngestResult(created_id=row[0], version_found=bool(row[1]))
 
 
 def find_by_external_id(

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -23,7 +24,12 @@ from moderation.core.json_limits import load_json
 from moderation.core.openapi import documented_model
 from moderation.core.pagination import CursorParam, Page
 from moderation.core.problems import field_errors, problem_responses
-from moderation.database import DbSession
+from moderation.database import (
+    ASYNC_DATABASE_OUTAGES,
+    DbSession,
+    database_unavailable,
+    request_session_scope,
+)
 from moderation.decisions.models import Action
 from moderation.submissions import examples, service
 from moderation.submissions.models import SubmissionStatus
@@ -37,6 +43,7 @@ from moderation.submissions.schemas import (
 )
 from moderation.tenants import service as tenants
 from moderation.tenants.dependencies import Ingest, IngestOrReviewer, Reviewer
+from moderation.tenants.service import Principal
 from moderation.webhooks import service as webhooks
 
 router = APIRouter(prefix="/v1/submissions", tags=["submissions"])
@@ -74,7 +81,7 @@ def _form_problem(message: str, settings: Settings) -> DomainError:
 
 
 async def _read_json(request: Request, settings: Settings) -> service.NewSubmission:
-    # BodySizeLimit (main.py) has already capped how much of this can arrive; the bytes were
+    # RequestBoundary (main.py) has already capped how much of this can arrive; the bytes were
     # read (and their signature checked) before parsing, and Starlette keeps them.
     body = await request.body()
 
@@ -166,11 +173,55 @@ async def _read_multipart(request: Request, settings: Settings) -> service.NewSu
         }
     },
 )
-async def create_submission(
-    request: Request, response: Response, session: DbSession, principal: Ingest
-) -> SubmissionAccepted | JSONResponse:
+async def create_submission(request: Request, principal: Ingest) -> Response:
     """Accept an upload for moderation; the decision follows by callback or polling."""
     settings: Settings = request.app.state.settings
+    new: service.NewSubmission | None = None
+    # The common case takes no worker thread and no session: a JSON body from a tenant known
+    # moments ago not to sign, images by URL if any, and an external id not seen before. Its
+    # one statement commits before the answer; anything else takes the path below.
+    if (
+        tenants.known_not_to_sign(principal.tenant_id)
+        and _media_type(request) == "application/json"
+    ):
+        new = await _read_json(request, settings)
+        if service.ingests_without_session(new):
+            try:
+                stored = await service.ingest_new(
+                    request.app.state.ingest_pool, principal, new, settings
+                )
+            except ASYNC_DATABASE_OUTAGES as exc:
+                raise database_unavailable(exc) from exc
+            if stored is not None:
+                return _accepted(stored, created=True)
+    async with request_session_scope(request) as session:
+        return await _create_in_session(request, session, principal, settings, new)
+
+
+def _accepted(submission: service.StoredSubmission, *, created: bool) -> Response:
+    accepted = SubmissionAccepted(
+        id=submission.id, external_id=submission.external_id, status=submission.status
+    )
+    return Response(
+        accepted.model_dump_json(),
+        status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+        media_type="application/json",
+        headers={"Location": f"/v1/submissions/{submission.id}"},
+    )
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _create_in_session(
+    request: Request,
+    session: Session,
+    principal: Principal,
+    settings: Settings,
+    new: service.NewSubmission | None,
+) -> Response:
+    """Every other case: signed submissions, uploads, redeliveries and refusals."""
     # A tenant that signs its submissions has the raw bytes verified before anything is parsed.
     # Only then is the whole body read into memory: an unsigned multipart upload stays spooled
     # on disk, one image read at a time. A tenant known moments ago not to sign costs no query.
@@ -193,23 +244,18 @@ async def create_submission(
             status_code=signed.repeat_of.status_code,
             headers={"Location": f"/v1/submissions/{signed.repeat_of.body['id']}"},
         )
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json":
-        new = await _read_json(request, settings)
-    elif content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        new = await _read_multipart(request, settings)
-    else:
-        raise UnsupportedMediaType(
-            "send application/json, multipart/form-data or application/x-www-form-urlencoded"
-        )
+    if new is None:
+        content_type = _media_type(request)
+        if content_type == "application/json":
+            new = await _read_json(request, settings)
+        elif content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            new = await _read_multipart(request, settings)
+        else:
+            raise UnsupportedMediaType(
+                "send application/json, multipart/form-data or application/x-www-form-urlencoded"
+            )
     submission, created = await run_in_threadpool(
         service.create_submission, session, principal, new, settings
-    )
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    response.headers["Location"] = f"/v1/submissions/{submission.id}"
-    accepted = SubmissionAccepted(
-        id=submission.id, external_id=submission.external_id, status=submission.status
     )
     if signed.webhook_id is not None:
         await run_in_threadpool(
@@ -218,10 +264,12 @@ async def create_submission(
             principal.tenant_id,
             signed.webhook_id,
             submission_id=submission.id,
-            status_code=response.status_code or status.HTTP_202_ACCEPTED,
-            body=accepted.model_dump(mode="json"),
+            status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+            body=SubmissionAccepted(
+                id=submission.id, external_id=submission.external_id, status=submission.status
+            ).model_dump(mode="json"),
         )
-    return accepted
+    return _accepted(submission, created=created)
 
 
 @router.get("", response_model=Page[SubmissionSummary])

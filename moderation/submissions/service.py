@@ -23,10 +23,11 @@ from moderation.core.errors import (
     ValidationFailed,
 )
 from moderation.core.pagination import Page, decode_cursor, encode_cursor
+from moderation.database import AsyncPool
 from moderation.decisions.models import Action, Decision, ShadowOutcome
 from moderation.media.sniff import ACCEPTED_MIME_TYPES, SNIFF_BYTES, sniff_image_mime
 from moderation.policies import service as policies
-from moderation.queue import MODERATE_SUBMISSION, enqueue_after_commit
+from moderation.queue import MODERATE_SUBMISSION, enqueue_after_commit, send_committed
 from moderation.submissions import repository
 from moderation.submissions.models import (
     Submission,
@@ -186,14 +187,19 @@ class StoredSubmission:
     status: SubmissionStatus
 
 
-def create_submission(
-    session: Session, principal: Principal, new: NewSubmission, settings: Settings
-) -> tuple[StoredSubmission, bool]:
-    """Store the submission and queue its moderation; (submission, created).
+@dataclass(frozen=True)
+class _IngestPlan:
+    """A checked submission as the ingest statement takes it."""
 
-    The common case, a new submission, is one statement: the row, its images and its audit
-    events written together (see `repository.ingest_submission`).
-    """
+    values: dict[str, Any]
+    payload_sha256: str
+    policy_slug: str
+    pinned_version: int | None
+    # Every image is a URL: the statement writes them all (and an upload needs no later write).
+    by_url_only: bool
+
+
+def _plan_ingest(principal: Principal, new: NewSubmission, settings: Settings) -> _IngestPlan:
     if new.callback_url is not None:
         check_callback_url(new.callback_url, settings)
     if len(new.images) > settings.image_max_count:
@@ -203,10 +209,8 @@ def create_submission(
         )
     payload_sha256 = new.payload_sha256()
     slug, pinned = policies.parse_policy_reference(new.policy)
-    by_url_only = all(image.url is not None for image in new.images)
-    result = repository.ingest_submission(
-        session,
-        {
+    return _IngestPlan(
+        values={
             "id": uuid.uuid4(),
             "tenant_id": principal.tenant_id,
             "external_id": new.external_id,
@@ -215,20 +219,70 @@ def create_submission(
             "metadata": new.metadata,
             "callback_url": new.callback_url,
         },
+        payload_sha256=payload_sha256,
         policy_slug=slug,
         pinned_version=pinned,
+        by_url_only=all(image.url is not None for image in new.images),
+    )
+
+
+def _url_rows(new: NewSubmission) -> list[repository.NewImageRow]:
+    return [repository.NewImageRow(url=image.url, data=None, sha256=None) for image in new.images]
+
+
+def ingests_without_session(new: NewSubmission) -> bool:
+    """Whether `ingest_new` can store this submission: it carries no uploaded bytes."""
+    return all(image.url is not None for image in new.images)
+
+
+async def ingest_new(
+    pool: AsyncPool, principal: Principal, new: NewSubmission, settings: Settings
+) -> StoredSubmission | None:
+    """The common case of `create_submission`, a new submission whose images (if any) are URLs,
+    stored by one statement that commits on its own, on the event loop, and its moderation
+    queued once it has.
+
+    None when nothing was stored: a redelivery, a conflict, or no such policy version.
+    `create_submission` tells those apart (and answers each as it should) with a session.
+    """
+    plan = _plan_ingest(principal, new, settings)
+    result = await repository.ingest_submission_async(
+        pool,
+        plan.values,
+        policy_slug=plan.policy_slug,
+        pinned_version=plan.pinned_version,
+        images=_url_rows(new),
+        image_count=len(new.images),
+        actor=principal.actor,
+    )
+    if result.created_id is None:
+        return None
+    send_committed(MODERATE_SUBMISSION, str(result.created_id))
+    return StoredSubmission(result.created_id, new.external_id, SubmissionStatus.queued)
+
+
+def create_submission(
+    session: Session, principal: Principal, new: NewSubmission, settings: Settings
+) -> tuple[StoredSubmission, bool]:
+    """Store the submission and queue its moderation; (submission, created).
+
+    The common case, a new submission, is one statement: the row, its images and its audit
+    events written together (see `repository.ingest_submission`).
+    """
+    plan = _plan_ingest(principal, new, settings)
+    result = repository.ingest_submission(
+        session,
+        plan.values,
+        policy_slug=plan.policy_slug,
+        pinned_version=plan.pinned_version,
         # URLs travel in the statement; uploaded bytes are written one image at a time after
         # it, so a request never holds every upload in memory at once.
-        images=(
-            [repository.NewImageRow(url=image.url, data=None, sha256=None) for image in new.images]
-            if by_url_only
-            else []
-        ),
+        images=_url_rows(new) if plan.by_url_only else [],
         image_count=len(new.images),
         actor=principal.actor,
     )
     if result.created_id is not None:
-        if not by_url_only:
+        if not plan.by_url_only:
             _store_new_images(session, result.created_id, new.images)
         enqueue_after_commit(session, MODERATE_SUBMISSION, str(result.created_id))
         return StoredSubmission(result.created_id, new.external_id, SubmissionStatus.queued), True
@@ -239,7 +293,7 @@ def create_submission(
             # Raises the precise reason: no such policy, no active version, no such pin.
             policies.version_for_submission(session, principal.tenant_id, new.policy)
         raise Conflict(f"external_id {new.external_id!r} is being submitted concurrently")
-    if existing.payload_sha256 != payload_sha256:
+    if existing.payload_sha256 != plan.payload_sha256:
         raise Conflict(
             f"external_id {new.external_id!r} was already submitted with a different payload"
         )

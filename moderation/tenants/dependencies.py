@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from moderation.core.openapi import RoleRequirement
 from moderation.core.rate_limits import RateLimiter, RouteClass
-from moderation.database import DbSession
+from moderation.database import read_scope
 from moderation.tenants import service
 from moderation.tenants.models import Role
 from moderation.tenants.service import Principal
@@ -46,17 +47,19 @@ class RequireRoles(RoleRequirement):
         self.roles = frozenset(role.value for role in roles)
         self.route_class = route_class or route_class_for(self.allowed)
 
-    async def __call__(
-        self,
-        request: Request,
-        session: DbSession,
-        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    ) -> Principal:
-        # A key seen moments ago needs no query, and so no hop to a worker thread either; a
-        # lookup runs in one, off the event loop.
+    async def __call__(self, request: Request) -> Principal:
+        # Read straight from the headers: declared as a parameter, FastAPI would validate it
+        # on every request, and it is not part of the documented interface (the security
+        # scheme is).
+        authorization = request.headers.get("authorization")
+        # A key seen moments ago needs no query, and so no hop to a worker thread and no
+        # session either; a lookup runs in one, off the event loop, on a session of its own
+        # (the route's own session, if it has one, is not opened for it).
         principal = service.recently_authenticated(authorization)
         if principal is None:
-            principal = await run_in_threadpool(service.authenticate, session, authorization)
+            principal = await run_in_threadpool(
+                _authenticate, request.app.state.sessionmaker, authorization
+            )
         # Counted before the role check: a key hammering routes it may not use is still load.
         limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
         if limiter is not None:
@@ -66,6 +69,11 @@ class RequireRoles(RoleRequirement):
             limiter.check(route_class, str(principal.key_id))
         service.require_role(principal, self.allowed)
         return principal
+
+
+def _authenticate(factory: sessionmaker[Session], authorization: str | None) -> Principal:
+    with read_scope(factory) as session:
+        return service.authenticate(session, authorization)
 
 
 def principal_with(*roles: Role, route_class: RouteClass | None = None) -> RequireRoles:

@@ -143,6 +143,53 @@ def test_database_outage_is_a_quick_503_with_retry_after_then_recovers(
         assert database_check["name"] == "database" and database_check["ok"] is True
 
 
+def test_text_ingest_on_its_own_connections_is_a_503_in_an_outage_and_recovers(
+    api_on_private_database, private_database_url, private_postgres
+):
+    """A text submission from a tenant known not to sign is stored on the event loop's own
+    connections, without a session: an outage there is the same quick 503, and connections
+    left over from before a restart do not cost the first request after it."""
+    keys = make_tenant(private_database_url)
+
+    def submit(http: httpx.Client, body: dict[str, object]) -> httpx.Response:
+        return http.post("/v1/submissions", json=body, headers=keys.headers())
+
+    with httpx.Client(base_url=api_on_private_database, timeout=30) as http:
+        # The first learns that the tenant does not sign; the rest take the short path.
+        for _ in range(3):
+            assert submit(http, {"external_id": marker(), "text": "hello"}).status_code == 202
+
+        private_postgres.stop()
+        try:
+            started = time.monotonic()
+            response = submit(http, {"external_id": marker(), "text": "during"})
+            assert_unavailable(response, time.monotonic() - started)
+            assert_no_internals(response.text, private_postgres.port)
+        finally:
+            private_postgres.start()
+
+        body: dict[str, object] = {"external_id": marker(), "text": "back"}
+        deadline = time.monotonic() + 15
+        while (response := submit(http, body)).status_code != 202:
+            assert time.monotonic() < deadline, response.text
+            time.sleep(0.5)
+        assert submit(http, {"external_id": marker(), "text": "kept"}).status_code == 202
+
+        # A restart with nobody asking: every kept connection is dead, and yet the next
+        # submission is accepted at once.
+        private_postgres.stop()
+        private_postgres.start()
+        assert submit(http, {"external_id": marker(), "text": "after"}).status_code == 202
+
+        again = submit(http, body)
+        assert again.status_code == 200
+        assert again.json()["id"] == response.json()["id"]
+        assert again.headers["location"] == response.headers["location"]
+        changed = submit(http, {**body, "text": "something else"})
+        assert changed.status_code == 409
+        assert changed.headers["content-type"] == PROBLEM
+
+
 class SilentServer:
     """Accepts TCP connections and never answers: a broker that hangs rather than refuses."""
 
