@@ -71,7 +71,7 @@ def test_anything_changed_after_signing_is_rejected(change: dict[str, object]) -
         verify([SECRET], headers, body)
 
 
-@pytest.mark.parametrize("offset", [-301, -3600, 301, 86400])
+@pytest.mark.parametrize("offset", [-305, -3600, 305, 86400])
 def test_a_timestamp_more_than_five_minutes_off_is_rejected(offset: int) -> None:
     headers = signed_headers([SECRET], at=time.time() + offset)
     with pytest.raises(SignatureRejected, match="5 minutes"):
