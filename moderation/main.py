@@ -35,6 +35,7 @@ from moderation.reports.router import router as reports_router
 from moderation.review.metrics import ReviewCollector
 from moderation.review.router import appeals_router
 from moderation.review.router import router as review_router
+from moderation.submissions.fast_lane import IngestFastLane
 from moderation.submissions.router import router as submissions_router
 from moderation.vlm.client import VLMClient
 from moderation.webhooks.metrics import WebhookCollector
@@ -129,6 +130,8 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
 
     for outage in DATABASE_OUTAGES:
         app.add_exception_handler(outage, _database_outage)
+    # Added first, so it runs inside the boundary (the last added is the outermost layer).
+    app.add_middleware(IngestFastLane)
     app.add_middleware(
         RequestBoundary,
         limits=BodyLimits(

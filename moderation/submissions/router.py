@@ -25,9 +25,7 @@ from moderation.core.openapi import documented_model
 from moderation.core.pagination import CursorParam, Page
 from moderation.core.problems import field_errors, problem_responses
 from moderation.database import (
-    ASYNC_DATABASE_OUTAGES,
     DbSession,
-    database_unavailable,
     request_session_scope,
 )
 from moderation.decisions.models import Action
@@ -175,27 +173,12 @@ async def _read_multipart(request: Request, settings: Settings) -> service.NewSu
 )
 async def create_submission(request: Request, principal: Ingest) -> Response:
     """Accept an upload for moderation; the decision follows by callback or polling."""
+    # The common case (a small JSON body, images by URL, a key and tenant seen moments ago) is
+    # answered before routing, by moderation.submissions.fast_lane; whatever it does not store
+    # arrives here.
     settings: Settings = request.app.state.settings
-    new: service.NewSubmission | None = None
-    # The common case takes no worker thread and no session: a JSON body from a tenant known
-    # moments ago not to sign, images by URL if any, and an external id not seen before. Its
-    # one statement commits before the answer; anything else takes the path below.
-    if (
-        tenants.known_not_to_sign(principal.tenant_id)
-        and _media_type(request) == "application/json"
-    ):
-        new = await _read_json(request, settings)
-        if service.ingests_without_session(new):
-            try:
-                stored = await service.ingest_new(
-                    request.app.state.ingest_pool, principal, new, settings
-                )
-            except ASYNC_DATABASE_OUTAGES as exc:
-                raise database_unavailable(exc) from exc
-            if stored is not None:
-                return _accepted(stored, created=True)
     async with request_session_scope(request) as session:
-        return await _create_in_session(request, session, principal, settings, new)
+        return await _create_in_session(request, session, principal, settings)
 
 
 def _accepted(submission: service.StoredSubmission, *, created: bool) -> Response:
@@ -219,7 +202,6 @@ async def _create_in_session(
     session: Session,
     principal: Principal,
     settings: Settings,
-    new: service.NewSubmission | None,
 ) -> Response:
     """Every other case: signed submissions, uploads, redeliveries and refusals."""
     # A tenant that signs its submissions has the raw bytes verified before anything is parsed.
@@ -244,16 +226,15 @@ async def _create_in_session(
             status_code=signed.repeat_of.status_code,
             headers={"Location": f"/v1/submissions/{signed.repeat_of.body['id']}"},
         )
-    if new is None:
-        content_type = _media_type(request)
-        if content_type == "application/json":
-            new = await _read_json(request, settings)
-        elif content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
-            new = await _read_multipart(request, settings)
-        else:
-            raise UnsupportedMediaType(
-                "send application/json, multipart/form-data or application/x-www-form-urlencoded"
-            )
+    content_type = _media_type(request)
+    if content_type == "application/json":
+        new = await _read_json(request, settings)
+    elif content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        new = await _read_multipart(request, settings)
+    else:
+        raise UnsupportedMediaType(
+            "send application/json, multipart/form-data or application/x-www-form-urlencoded"
+        )
     submission, created = await run_in_threadpool(
         service.create_submission, session, principal, new, settings
     )
