@@ -24,6 +24,7 @@ from moderation.database import ASYNC_DATABASE_OUTAGES
 from moderation.submissions import service
 from moderation.submissions.schemas import SubmissionAccepted, SubmissionCreate
 from moderation.tenants import service as tenants
+from moderation.tenants.dependencies import RATE_LIMIT_COUNTED
 from moderation.tenants.models import Role
 
 PATH = "/v1/submissions"
@@ -74,8 +75,10 @@ class IngestFastLane:
         limiter: RateLimiter | None = getattr(state, "rate_limiter", None)
         try:
             if limiter is not None:
-                # A refusal here is counted again by the route, which answers it.
+                # A refusal here is counted again by the route, which answers it; a request
+                # counted here and handed over anyway (a redelivery) is not counted twice.
                 limiter.check(RouteClass.ingest, str(principal.key_id))
+                scope.setdefault("state", {})[RATE_LIMIT_COUNTED] = True
             tenants.require_role(principal, _INGEST)
             parsed = SubmissionCreate.model_validate_json(body)
             new = service.new_submission_from_json(parsed, state.settings)

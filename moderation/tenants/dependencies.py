@@ -25,6 +25,8 @@ from moderation.tenants.models import Role
 from moderation.tenants.service import Principal
 
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Set on a request whose rate limit an earlier layer (the ingest fast lane) already counted.
+RATE_LIMIT_COUNTED = "rate_limit_counted"
 _SINGLE_ROLE_CLASSES = {
     Role.ingest: RouteClass.ingest,
     Role.reviewer: RouteClass.review,
@@ -62,7 +64,7 @@ class RequireRoles(RoleRequirement):
             )
         # Counted before the role check: a key hammering routes it may not use is still load.
         limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
-        if limiter is not None:
+        if limiter is not None and not getattr(request.state, RATE_LIMIT_COUNTED, False):
             route_class = self.route_class
             if route_class is RouteClass.admin and request.method in _READS:
                 route_class = RouteClass.read

@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 
 from moderation.config import Settings
 from moderation.main import create_app
-from tests.factories import make_tenant
+from tests.factories import make_tenant, marker
 
 
 def test_a_key_over_its_admin_limit_gets_429_with_retry_after(migrated):
@@ -64,3 +64,24 @@ def test_an_admins_reads_are_not_held_to_the_admin_write_limit(migrated):
         writes = [api.post(activate, headers=tenant.headers("admin")) for _ in range(2)]
     assert {read.status_code for read in reads} == {200}
     assert [write.status_code for write in writes] == [404, 429]
+
+
+def test_a_request_the_fast_lane_hands_to_the_route_is_counted_once(migrated):
+    """The common ingest request is counted where it is answered; a redelivery that the fast
+    lane counted and handed to the route (which answers 200) is not counted a second time."""
+    settings = Settings(rate_limit_ingest="3/minute")
+    tenant = make_tenant(migrated, "redeliverer")
+    body = {"external_id": marker(), "text": "sent twice"}
+
+    def other() -> dict[str, str]:
+        return {"external_id": marker(), "text": "another"}
+
+    with TestClient(create_app(settings)) as api:
+        statuses = [
+            # The key's first request: the route looks the key and the tenant up.
+            api.post("/v1/submissions", json=other(), headers=tenant.headers()),
+            api.post("/v1/submissions", json=body, headers=tenant.headers()),
+            api.post("/v1/submissions", json=body, headers=tenant.headers()),
+            api.post("/v1/submissions", json=other(), headers=tenant.headers()),
+        ]
+    assert [answer.status_code for answer in statuses] == [202, 202, 200, 429]
