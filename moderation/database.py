@@ -120,15 +120,21 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 @contextmanager
-def read_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session for one read, on a connection in autocommit: no BEGIN and COMMIT round trips
-    around a statement that needs no transaction. Nothing written through it is kept."""
+def statement_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session on a connection in autocommit, for work that is one statement: a single
+    statement is atomic by itself, so the BEGIN and COMMIT round trips around it buy nothing.
+    Each statement sent through it commits on its own; write several only through
+    `session_scope`."""
     session = factory()
     try:
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         yield session
     finally:
         session.close()
+
+
+# Reads need no transaction either: a read is a statement.
+read_scope = statement_scope
 
 
 class PoolTimeout(psycopg.OperationalError):
@@ -255,17 +261,3 @@ request_session_scope = asynccontextmanager(request_session)
 """request_session for a handler that opens its session only on the paths that need one."""
 
 DbSession = Annotated[Session, Depends(request_session, scope="function")]
-
-
-@contextmanager
-def statement_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session on a connection in autocommit, for work that is one statement: a single
-    statement is atomic by itself, so the BEGIN and COMMIT round trips around it buy nothing.
-    Each statement sent through it commits on its own; write several only through
-    `session_scope`."""
-    session = factory()
-    try:
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        yield session
-    finally:
-        session.close()

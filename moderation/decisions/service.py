@@ -8,8 +8,9 @@ so every one reaches the tenant's receiver, and every `review` gets its task una
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -23,6 +24,22 @@ from moderation.review.models import ReviewTask, TaskKind, TaskStatus, max_sever
 from moderation.submissions import repository as submissions_repository
 from moderation.submissions.models import Submission, SubmissionStatus
 from moderation.webhooks.service import DecisionNotice, notify_decision
+
+
+class SubmissionRef(Protocol):
+    """What announcing a decision needs of its submission: a stored row, or the few columns a
+    one-statement store read back."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def tenant_id(self) -> uuid.UUID: ...
+    @property
+    def external_id(self) -> str: ...
+    @property
+    def callback_url(self) -> str | None: ...
+    @property
+    def policy_version_id(self) -> uuid.UUID: ...
 
 
 def record_decision(
@@ -65,6 +82,32 @@ def record_decision(
         _purge_originals_at_final_decision(session, submission, settings or get_settings())
     session.flush()
     _settle_review_tasks(session, submission, decision, source)
+    announce_decision(
+        session,
+        submission,
+        action=decision.action,
+        source=decision.source,
+        reason=decision.reason,
+        categories=decision.categories,
+        decided_at=decision.created_at,
+        actor=decision.actor,
+    )
+    return decision
+
+
+def announce_decision(
+    session: Session,
+    submission: SubmissionRef,
+    *,
+    action: Action,
+    source: DecisionSource,
+    reason: str | None,
+    categories: list[Any],
+    decided_at: datetime,
+    actor: str | None,
+) -> None:
+    """Queue the callback event for a stored decision, in the caller's transaction (nothing
+    when neither the submission nor its tenant has a callback URL)."""
     policy = document_for_version(session, submission.policy_version_id)
     notify_decision(
         session,
@@ -73,17 +116,16 @@ def record_decision(
             submission_id=submission.id,
             external_id=submission.external_id,
             callback_url=submission.callback_url,
-            action=decision.action.value,
-            source=decision.source.value,
-            reason=decision.reason,
-            categories=list(decision.categories),
-            decided_at=decision.created_at,
-            actor=decision.actor,
+            action=action.value,
+            source=source.value,
+            reason=reason,
+            categories=list(categories),
+            decided_at=decided_at,
+            actor=actor,
             policy_slug=policy.slug,
             policy_version=policy.version,
         ),
     )
-    return decision
 
 
 def _purge_originals_at_final_decision(

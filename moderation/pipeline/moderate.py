@@ -25,7 +25,11 @@ from moderation.audit.service import record_event
 from moderation.database import session_scope, statement_scope
 from moderation.decisions.models import DecisionSource, ReviewReason
 from moderation.decisions.rules import failure
-from moderation.decisions.service import finish_without_judging, record_decision
+from moderation.decisions.service import (
+    announce_decision,
+    finish_without_judging,
+    record_decision,
+)
 from moderation.pipeline import store
 from moderation.pipeline.judge import ImageResult, JudgedWork, SourceImage, judge_content
 from moderation.pipeline.redrive import schedule_redrive
@@ -37,7 +41,6 @@ from moderation.policies.service import document_for_version
 from moderation.submissions import repository
 from moderation.submissions.models import SubmissionImageFrame, VerdictRole
 from moderation.tenants.service import TokenBudget, record_token_usage
-from moderation.webhooks.service import DecisionNotice, notify_decision
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +310,7 @@ def _store_first(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -
             session,
             submission_id=work.submission_id,
             lease_token=work.lease_token,
+            policy_version_id=work.policy_version_id,
             attempt=work.attempt,
             judged=judged,
             source=source,
@@ -317,39 +321,28 @@ def _store_first(work: WorkItem, judged: JudgedWork, runtime: PipelineRuntime) -
         if stored is None:
             logger.warning("lease on %s lost before storing; discarding", work.submission_id)
             return False
-        if stored.callback_url is not None and work.announces:
-            _announce(session, work, judged, source, stored)
-    if stored.callback_url is not None and not work.announces:
+        if stored.announces and work.announces:
+            _announce(session, judged, source, stored)
+    if stored.announces and not work.announces:
         # A callback URL set between the claim and now: announced in a transaction of its own.
         with session_scope(runtime.sessions) as session:
-            _announce(session, work, judged, source, stored)
+            _announce(session, judged, source, stored)
     return True
 
 
 def _announce(
-    session: Session,
-    work: WorkItem,
-    judged: JudgedWork,
-    source: DecisionSource,
-    stored: store.StoredDecision,
+    session: Session, judged: JudgedWork, source: DecisionSource, stored: store.StoredDecision
 ) -> None:
     outcome = judged.outcome
-    notify_decision(
+    announce_decision(
         session,
-        DecisionNotice(
-            tenant_id=stored.tenant_id,
-            submission_id=work.submission_id,
-            external_id=stored.external_id,
-            callback_url=stored.callback_url,
-            action=outcome.action.value,
-            source=source.value,
-            reason=outcome.reason.value if outcome.reason else None,
-            categories=list(outcome.categories),
-            decided_at=stored.decided_at,
-            actor=None,
-            policy_slug=work.policy.slug,
-            policy_version=work.policy.version,
-        ),
+        stored,
+        action=outcome.action,
+        source=source,
+        reason=outcome.reason.value if outcome.reason else None,
+        categories=outcome.categories,
+        decided_at=stored.decided_at,
+        actor=None,
     )
 
 

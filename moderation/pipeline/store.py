@@ -92,21 +92,26 @@ WITH sub AS (
            now() + make_interval(mins => %(sla_minutes)s::int), decision.id
     FROM sub, decision WHERE %(opens_task)s
 )
-SELECT sub.tenant_id, sub.external_id, sub.callback_url, decision.id, decision.created_at,
-       (SELECT callback_url FROM tenants WHERE tenants.id = sub.tenant_id)
+SELECT sub.id, sub.tenant_id, sub.external_id, sub.callback_url, sub.policy_version_id,
+       decision.created_at,
+       coalesce(sub.callback_url,
+                (SELECT callback_url FROM tenants WHERE tenants.id = sub.tenant_id)) IS NOT NULL
 FROM sub, decision
 """
 
 
 @dataclass(frozen=True)
 class StoredDecision:
-    """What the caller needs to announce the decision: the receiver, if any, and the decision."""
+    """What announcing the decision needs: its submission's columns and when it was made."""
 
+    id: uuid.UUID
     tenant_id: uuid.UUID
     external_id: str
+    # The submission's own callback URL; `announces` also counts the tenant's.
     callback_url: str | None
-    decision_id: uuid.UUID
+    policy_version_id: uuid.UUID
     decided_at: datetime
+    announces: bool
 
 
 def covers(judged: JudgedWork, decided_before: bool) -> bool:
@@ -126,6 +131,7 @@ def store_first_judgement(
     *,
     submission_id: uuid.UUID,
     lease_token: uuid.UUID,
+    policy_version_id: uuid.UUID,
     attempt: int,
     judged: JudgedWork,
     source: DecisionSource,
@@ -182,7 +188,7 @@ def store_first_judgement(
         "attempt": attempt,
         "image_refs": Jsonb([list(ref) for ref in judged.image_refs]),
         "role": VerdictRole.live.value,
-        "verdicts": Jsonb(_verdict_values(judged)),
+        "verdicts": Jsonb(_verdict_values(judged, submission_id, policy_version_id, attempt)),
         "source": source.value,
         "reason": reason,
         "detail": judged.detail[:2000] if judged.detail else None,
@@ -198,22 +204,18 @@ def store_first_judgement(
     row = session.connection().exec_driver_sql(_STORE, params).one_or_none()
     if row is None:
         return None
-    return StoredDecision(
-        tenant_id=row[0],
-        external_id=row[1],
-        callback_url=row[2] or row[5],
-        decision_id=row[3],
-        decided_at=row[4],
-    )
+    return StoredDecision(*row)
 
 
-def _verdict_values(judged: JudgedWork) -> list[dict[str, Any]]:
+def _verdict_values(
+    judged: JudgedWork, submission_id: uuid.UUID, policy_version_id: uuid.UUID, attempt: int
+) -> list[dict[str, Any]]:
     """The verdict rows `verdict_rows` makes, as the statement's JSON records."""
     rows = verdict_rows(
         judged,
-        submission_id=uuid.UUID(int=0),
-        policy_version_id=uuid.UUID(int=0),
-        attempt=0,
+        submission_id=submission_id,
+        policy_version_id=policy_version_id,
+        attempt=attempt,
         role=VerdictRole.live,
     )
     return [

@@ -29,8 +29,6 @@ from moderation.tenants.models import Role
 
 PATH = "/v1/submissions"
 _INGEST = frozenset({Role.ingest})
-# Larger bodies (inline images) are parsed off the event loop by the route.
-_BODY_MAX_BYTES = 16 * 1024
 
 
 class IngestFastLane:
@@ -115,8 +113,9 @@ class IngestFastLane:
 
 
 async def _read_body(receive: Receive) -> tuple[list[Message], bytes | None]:
-    """The request's messages as received, and its body: None past the size this lane takes,
-    or when the client went away, and the route reads on from where this stopped."""
+    """The request's messages as received, and its body: None past the size parsed on the event
+    loop (larger bodies are the route's, which parses them off it), or when the client went
+    away; the route reads on from where this stopped."""
     messages: list[Message] = []
     size = 0
     while True:
@@ -125,7 +124,7 @@ async def _read_body(receive: Receive) -> tuple[list[Message], bytes | None]:
         if message["type"] != "http.request":
             return messages, None
         size += len(message.get("body", b""))
-        if size > _BODY_MAX_BYTES:
+        if size > service.PARSE_ON_LOOP_MAX_BYTES:
             return messages, None
         if not message.get("more_body", False):
             return messages, b"".join(m.get("body", b"") for m in messages)

@@ -55,9 +55,6 @@ def _validation_problem(exc: ValidationError, where: str) -> ValidationFailed:
     return ValidationFailed("the submission is not valid", errors=errors)
 
 
-# About a tenth of a millisecond of parsing: below what a thread hop costs.
-_PARSE_ON_LOOP_MAX_BYTES = 16 * 1024
-
 FORM_FIELD_MAX_BYTES = 1024 * 1024
 
 
@@ -92,7 +89,7 @@ async def _read_json(request: Request, settings: Settings) -> service.NewSubmiss
 
     # Parsing and base64-decoding megabytes of images is CPU work: keep it off the event loop.
     # A small body parses faster than a hop to a worker thread and back.
-    if len(body) <= _PARSE_ON_LOOP_MAX_BYTES:
+    if len(body) <= service.PARSE_ON_LOOP_MAX_BYTES:
         return parse()
     result: service.NewSubmission = await run_in_threadpool(parse)
     return result
