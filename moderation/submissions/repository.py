@@ -114,6 +114,26 @@ SELECT (SELECT id FROM inserted) AS created_id, EXISTS (SELECT 1 FROM version) A
 )
 
 
+def _ingest_params(
+    values: dict[str, Any],
+    policy_slug: str,
+    pinned_version: int | None,
+    images: Sequence[NewImageRow],
+    image_count: int,
+    actor: str,
+) -> dict[str, Any]:
+    return {
+        **values,
+        "slug": policy_slug,
+        "pinned": pinned_version,
+        "urls": [image.url for image in images],
+        "datas": [image.data for image in images],
+        "shas": [image.sha256 for image in images],
+        "actor": actor,
+        "image_count": image_count,
+    }
+
+
 def ingest_submission(
     session: Session,
     values: dict[str, Any],
@@ -127,19 +147,8 @@ def ingest_submission(
     """Insert a queued submission with `images` and its `received`/`queued` events, unless
     (tenant, external_id) exists or the policy has no such version. `image_count` is what the
     submission has in all, for the audit trail: uploaded bytes may be written after, apart."""
-    row = session.execute(
-        _INGEST,
-        {
-            **values,
-            "slug": policy_slug,
-            "pinned": pinned_version,
-            "urls": [image.url for image in images],
-            "datas": [image.data for image in images],
-            "shas": [image.sha256 for image in images],
-            "actor": actor,
-            "image_count": image_count,
-        },
-    ).one()
+    params = _ingest_params(values, policy_slug, pinned_version, images, image_count, actor)
+    row = session.execute(_INGEST, params).one()
     return IngestResult(created_id=row.created_id, version_found=bool(row.version_found))
 
 
@@ -162,20 +171,8 @@ async def ingest_submission_async(
     Sending it twice is harmless: the second finds (tenant, external_id) taken and writes
     nothing, which AsyncPool relies on when it resends after a lost connection.
     """
-    row = await pool.fetch_one(
-        _INGEST_PSYCOPG,
-        {
-            **values,
-            "metadata": Jsonb(values["metadata"]),
-            "slug": policy_slug,
-            "pinned": pinned_version,
-            "urls": [image.url for image in images],
-            "datas": [image.data for image in images],
-            "shas": [image.sha256 for image in images],
-            "actor": actor,
-            "image_count": image_count,
-        },
-    )
+    params = _ingest_params(values, policy_slug, pinned_version, images, image_count, actor)
+    row = await pool.fetch_one(_INGEST_PSYCOPG, {**params, "metadata": Jsonb(values["metadata"])})
     assert row is not None  # the statement's last SELECT always returns one row
     return IngestResult(created_id=row[0], version_found=bool(row[1]))
 
